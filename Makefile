@@ -1,0 +1,55 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else
+# is a step of those two, or a tool for developers.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: run test lint typecheck protos protos-check buf unit system-deps clean
+
+# A stamp per extra, remade when pyproject.toml changes.
+$(VENV)/.server: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[server]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.server
+
+## run: start the server on the embedded in-memory backend (no Redis needed)
+run: $(VENV)/.server
+	$(BIN)/cachegate-server
+
+## test: lint, type checks, contract checks and every test (installs what it needs)
+test: $(VENV)/.dev system-deps lint typecheck protos-check buf unit
+
+system-deps:
+	@bash scripts/ensure-redis.sh
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+buf: $(VENV)/.dev
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+## protos: regenerate client/cachegate/v1 from protos/
+protos: $(VENV)/.dev
+	$(PY) scripts/gen_protos.py
+
+protos-check: $(VENV)/.dev
+	$(PY) scripts/gen_protos.py --check
+
+unit: $(VENV)/.dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

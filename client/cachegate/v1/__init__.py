@@ -1,0 +1,1 @@
+"""The generated v1 contract (`protos/cachegate/v1/cache.proto`); regenerate with `make protos`."""

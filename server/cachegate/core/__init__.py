@@ -1,0 +1,60 @@
+"""The pure core: configuration, the circuit breaker, deadlines and counters.
+
+No I/O here, and no knowledge of gRPC or redis: the pool and the service build
+on these pieces, and tests drive them with a fake clock.
+"""
+
+from cachegate.core._breaker import (
+    BreakerConfig,
+    BreakerSnapshot,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Outcome,
+    Permit,
+    StateListener,
+)
+from cachegate.core._config import (
+    SETTINGS,
+    Address,
+    BackendKind,
+    Config,
+    ConfigError,
+    LimitSettings,
+    PoolSettings,
+    RedisSettings,
+    RetrySettings,
+    Secret,
+    ServerSettings,
+    Setting,
+    load_config,
+)
+from cachegate.core._deadline import Deadline
+from cachegate.core._stats import CallCounters, CallStats
+
+__all__ = [
+    "SETTINGS",
+    "Address",
+    "BackendKind",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "CallCounters",
+    "CallStats",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitState",
+    "Config",
+    "ConfigError",
+    "Deadline",
+    "LimitSettings",
+    "Outcome",
+    "Permit",
+    "PoolSettings",
+    "RedisSettings",
+    "RetrySettings",
+    "Secret",
+    "ServerSettings",
+    "Setting",
+    "StateListener",
+    "load_config",
+]

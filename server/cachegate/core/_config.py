@@ -1,0 +1,424 @@
+"""Configuration: one table of settings, parsed from a mapping into frozen records.
+
+The table below is the single source of truth: `load_config()` reads it, and
+`cachegate-server --help` prints it. The core never touches `os.environ`; the
+entry points pass the environment in, so tests pass a plain dict.
+
+A bad value raises `ConfigError` with one line that names the variable; nothing
+is half-built. Secret values (passwords) are never echoed, not even in errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from cachegate.core._breaker import BreakerConfig
+
+__all__ = [
+    "SETTINGS",
+    "Address",
+    "BackendKind",
+    "Config",
+    "ConfigError",
+    "LimitSettings",
+    "PoolSettings",
+    "RedisSettings",
+    "RetrySettings",
+    "Secret",
+    "ServerSettings",
+    "Setting",
+    "load_config",
+]
+
+BackendKind = Literal["memory", "redis", "sentinel", "cluster"]
+BACKENDS: tuple[BackendKind, ...] = ("memory", "redis", "sentinel", "cluster")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use. The message is one line naming the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A string that never shows itself in a repr, a str() or a log line."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where Redis is and how to authenticate. `password` is a `Secret`."""
+
+    host: str = "localhost"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    sentinels: tuple[Address, ...] = ()
+    sentinel_master: str = "mymaster"
+    cluster_nodes: tuple[Address, ...] = ()
+
+    @property
+    def redacted_url(self) -> str:
+        """The address as a URL with the password masked, for logs and health output."""
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    max_connections: int = 50
+    socket_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    health_check_interval: float = 30.0
+    # How long a caller waits for a free connection before RESOURCE_EXHAUSTED.
+    wait_timeout: float = 1.0
+    # Connections idle longer than this are closed, so Redis's count falls after a burst.
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Our one retry layer (redis-py's own is switched off so they never stack)."""
+
+    attempts: int = 3  # retries after the first try; 0 disables retrying
+    backoff_base: float = 0.05
+    backoff_cap: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    max_batch_ops: int = 10_000
+    max_concurrent_rpcs: int = 1000
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50051"
+    http_listen: str | None = "127.0.0.1:9464"
+    grace_seconds: float = 10.0
+    reflection: bool = True
+    workers: int = 0  # 0 means one per CPU
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    backend: BackendKind = "memory"
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+
+# --- parsers: each takes the raw string and returns the value or raises ValueError ---
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def _float(*, positive: bool = False, minimum: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        if positive and value <= 0:
+            raise ValueError("must be > 0")
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def _optional_float(raw: str) -> float | None:
+    if raw.strip() == "":
+        return None
+    return _float(positive=True)(raw)
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _backend(raw: str) -> BackendKind:
+    by_name: dict[str, BackendKind] = {kind: kind for kind in BACKENDS}
+    try:
+        return by_name[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be one of {', '.join(BACKENDS)}") from None
+
+
+def _address(raw: str, *, any_port: bool = False) -> Address:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{raw.strip()!r} is not host:port")
+    return Address(host.strip("[]"), _port(port, any_port=any_port))
+
+
+def _port(raw: str, *, any_port: bool = False) -> int:
+    # Port 0 asks the OS for a free port: fine to listen on, meaningless to dial.
+    port = _int(0 if any_port else 1)(raw)
+    if port > 65535:
+        raise ValueError("must be <= 65535")
+    return port
+
+
+def _addresses(raw: str) -> tuple[Address, ...]:
+    return tuple(_address(part) for part in raw.split(",") if part.strip())
+
+
+def _listen(raw: str) -> str:
+    _address(raw, any_port=True)  # validates host:port
+    return raw.strip()
+
+
+def _optional_listen(raw: str) -> str | None:
+    if raw.strip().lower() in {"", "0", "off", "none"}:
+        return None
+    return _listen(raw)
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _fraction(raw: str) -> float | None:
+    if raw.strip() == "":
+        return None
+    value = _float(positive=True)(raw)
+    if value > 1:
+        raise ValueError("must be a fraction in (0, 1]")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: where its value goes, its default and what it means."""
+
+    name: str
+    section: str  # the Config field it belongs to
+    attr: str  # the attribute inside that section ("" for top-level fields)
+    default: str
+    help: str
+    parse: Callable[[str], Any]
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CACHEGATE_BACKEND", "", "backend", "memory",
+            "memory (embedded, no Redis needed), redis, sentinel or cluster", _backend),
+    Setting("CACHEGATE_LISTEN", "server", "listen", "127.0.0.1:50051",
+            "gRPC listen address host:port", _listen),
+    Setting("CACHEGATE_HTTP_LISTEN", "server", "http_listen", "127.0.0.1:9464",
+            "HTTP side port for /metrics and /health/redis; 'off' disables it", _optional_listen),
+    Setting("CACHEGATE_GRACE_SECONDS", "server", "grace_seconds", "10",
+            "on SIGTERM, how long in-flight RPCs may run before the server stops", _float()),
+    Setting("CACHEGATE_REFLECTION", "server", "reflection", "1",
+            "serve gRPC server reflection (for grpcurl)", _bool),
+    Setting("CACHEGATE_WORKERS", "server", "workers", "0",
+            "worker processes sharing the port; 0 = one per CPU (memory backend: always 1)",
+            _int(0)),
+    Setting("CACHEGATE_LOG_LEVEL", "server", "log_level", "INFO", "log level", _log_level),
+    Setting("CACHEGATE_MAX_KEY_BYTES", "limits", "max_key_bytes", "1024",
+            "longest key accepted, in UTF-8 bytes", _int(1)),
+    Setting("CACHEGATE_MAX_VALUE_BYTES", "limits", "max_value_bytes", "1048576",
+            "largest value accepted, in bytes", _int(0)),
+    Setting("CACHEGATE_MAX_BATCH_OPS", "limits", "max_batch_ops", "10000",
+            "most operations in one Pipeline batch", _int(1)),
+    Setting("CACHEGATE_MAX_CONCURRENT_RPCS", "limits", "max_concurrent_rpcs", "1000",
+            "RPCs (streams included) in flight at once; more get RESOURCE_EXHAUSTED", _int(1)),
+    Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
+            "16777216", "largest request message accepted", _int(1024)),
+    Setting("REDIS_URL", "redis", "", "",
+            "redis://[user[:password]@]host[:port][/db] or rediss://...; overrides "
+            "REDIS_HOST/PORT/DB/USERNAME/PASSWORD", _optional_text, secret=True),
+    Setting("REDIS_HOST", "redis", "host", "localhost", "Redis host", _text),
+    Setting("REDIS_PORT", "redis", "port", "6379", "Redis port", _port),
+    Setting("REDIS_DB", "redis", "db", "0", "Redis database number", _int(0)),
+    Setting("REDIS_USERNAME", "redis", "username", "", "ACL user name (optional)",
+            _optional_text),
+    Setting("REDIS_PASSWORD", "redis", "password", "", "password (optional; never logged)",
+            _optional_text, secret=True),
+    Setting("REDIS_TLS_CA_FILE", "redis", "tls_ca_file", "",
+            "CA bundle to verify a rediss:// server (default: system CAs)", _optional_text),
+    Setting("REDIS_TLS_CERT_FILE", "redis", "tls_cert_file", "",
+            "client certificate for rediss:// (optional)", _optional_text),
+    Setting("REDIS_TLS_KEY_FILE", "redis", "tls_key_file", "",
+            "client key for rediss:// (optional)", _optional_text),
+    Setting("REDIS_SENTINELS", "redis", "sentinels", "",
+            "sentinel addresses host:port,host:port (backend sentinel)", _addresses),
+    Setting("REDIS_SENTINEL_MASTER", "redis", "sentinel_master", "mymaster",
+            "master name the sentinels monitor", _text),
+    Setting("REDIS_CLUSTER_NODES", "redis", "cluster_nodes", "",
+            "cluster startup nodes host:port,host:port (backend cluster; default the "
+            "REDIS_HOST:REDIS_PORT node)", _addresses),
+    Setting("REDIS_MAX_CONNECTIONS", "pool", "max_connections", "50",
+            "most Redis connections this process opens", _int(1)),
+    Setting("REDIS_SOCKET_TIMEOUT", "pool", "socket_timeout", "5",
+            "seconds to wait for a Redis reply", _float(positive=True)),
+    Setting("REDIS_CONNECT_TIMEOUT", "pool", "connect_timeout", "",
+            "seconds to wait for a TCP connect (default REDIS_SOCKET_TIMEOUT)", _optional_float),
+    Setting("REDIS_HEALTH_CHECK_INTERVAL", "pool", "health_check_interval", "30",
+            "seconds idle before a pooled connection is PINGed on checkout; 0 disables",
+            _float()),
+    Setting("REDIS_POOL_TIMEOUT", "pool", "wait_timeout", "1",
+            "seconds a call waits for a free connection before RESOURCE_EXHAUSTED", _float()),
+    Setting("REDIS_IDLE_TIMEOUT", "pool", "idle_timeout", "300",
+            "seconds before an idle connection is closed; 0 keeps them forever", _float()),
+    Setting("REDIS_RETRY_ATTEMPTS", "retry", "attempts", "3",
+            "retries of an idempotent command after an outage-class error", _int(0)),
+    Setting("REDIS_RETRY_BACKOFF_BASE", "retry", "backoff_base", "0.05",
+            "first backoff in seconds (exponential, full jitter)", _float()),
+    Setting("REDIS_RETRY_BACKOFF_CAP", "retry", "backoff_cap", "1",
+            "longest backoff in seconds", _float()),
+    Setting("REDIS_FAILURE_THRESHOLD", "breaker", "failure_threshold", "5",
+            "consecutive outage failures that open the breaker", _int(1)),
+    Setting("REDIS_RECOVERY_TIMEOUT", "breaker", "recovery_timeout", "60",
+            "seconds the breaker stays open before a probe", _float(positive=True)),
+    Setting("REDIS_HALF_OPEN_MAX_CALLS", "breaker", "half_open_max_calls", "1",
+            "probe calls let through at once while half-open", _int(1)),
+    Setting("REDIS_FAILURE_RATE_THRESHOLD", "breaker", "failure_rate_threshold", "",
+            "optional: also open when this fraction of the last calls failed", _fraction),
+    Setting("REDIS_SLOW_CALL_SECONDS", "breaker", "slow_call_duration", "",
+            "optional: count calls slower than this as failures", _optional_float),
+)  # fmt: skip
+
+
+def _from_url(raw: str) -> dict[str, Any]:
+    """Split a redis:// or rediss:// URL into RedisSettings fields."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ValueError("scheme must be redis:// or rediss://")
+    if parts.query or parts.fragment:
+        raise ValueError("query parameters are not supported; use the REDIS_* variables")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("port must be a number from 1 to 65535") from None
+    fields: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "tls": parts.scheme == "rediss",
+    }
+    if port is not None:
+        fields["port"] = port
+    path = parts.path.strip("/")
+    if path:
+        fields["db"] = _int(0)(path)
+    if parts.username:
+        fields["username"] = unquote(parts.username)
+    if parts.password:
+        fields["password"] = Secret(unquote(parts.password))
+    return fields
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """Build a Config from environment-like variables; unknown variables are ignored."""
+    sections: dict[str, dict[str, Any]] = {
+        "": {}, "redis": {}, "pool": {}, "retry": {}, "breaker": {}, "limits": {}, "server": {},
+    }  # fmt: skip
+    url_fields: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.name)
+        if raw is None or (raw.strip() == "" and setting.default == ""):
+            raw = setting.default
+        try:
+            if setting.name == "REDIS_URL":
+                url_fields = _from_url(raw) if raw.strip() else {}
+                continue
+            value = setting.parse(raw)
+        except ValueError as exc:
+            shown = "<hidden>" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.name}={shown}: {exc}") from None
+        if setting.attr == "password":
+            value = Secret(value) if value else None
+        if value is None and setting.attr == "connect_timeout":
+            continue  # filled from socket_timeout below
+        sections[setting.section][setting.attr] = value
+    sections["redis"].update(url_fields)
+    backend = sections[""]["backend"]
+    if backend == "sentinel" and not sections["redis"]["sentinels"]:
+        raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
+    retry = sections["retry"]
+    if retry["backoff_cap"] < retry["backoff_base"]:
+        raise ConfigError(
+            f"REDIS_RETRY_BACKOFF_CAP={retry['backoff_cap']!r}: must be >= REDIS_RETRY_BACKOFF_BASE"
+        )
+    pool = sections["pool"]
+    pool.setdefault("connect_timeout", pool["socket_timeout"])
+    try:
+        breaker = BreakerConfig(**sections["breaker"])
+    except ValueError as exc:  # BreakerConfig validates combinations too
+        raise ConfigError(f"breaker settings: {exc}") from None
+    return Config(
+        backend=backend,
+        redis=RedisSettings(**sections["redis"]),
+        pool=PoolSettings(**pool),
+        retry=RetrySettings(**sections["retry"]),
+        breaker=breaker,
+        limits=LimitSettings(**sections["limits"]),
+        server=ServerSettings(**sections["server"]),
+    )

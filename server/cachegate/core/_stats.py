@@ -1,0 +1,87 @@
+"""Call counters shared by the pool, the service and the metrics.
+
+Plain integers behind one lock: an uncontended acquire costs tens of
+nanoseconds, far below a Redis round trip, and no increment is ever lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+__all__ = ["CallCounters", "CallStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallStats:
+    """A consistent copy of the counters at one moment."""
+
+    calls_total: int
+    failures_total: int
+    retries_total: int
+    rejected_total: int
+    wait_timeouts_total: int
+    hits_total: int
+    misses_total: int
+
+    @property
+    def hit_rate(self) -> float:
+        reads = self.hits_total + self.misses_total
+        return self.hits_total / reads if reads else 0.0
+
+
+class CallCounters:
+    """Thread-safe counters of what went through the pool."""
+
+    __slots__ = (
+        "_calls",
+        "_failures",
+        "_hits",
+        "_lock",
+        "_misses",
+        "_rejected",
+        "_retries",
+        "_wait_timeouts",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = self._failures = self._retries = self._rejected = 0
+        self._wait_timeouts = self._hits = self._misses = 0
+
+    def call(self, n: int = 1) -> None:
+        with self._lock:
+            self._calls += n
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+
+    def retry(self) -> None:
+        with self._lock:
+            self._retries += 1
+
+    def rejected(self) -> None:
+        with self._lock:
+            self._rejected += 1
+
+    def wait_timeout(self) -> None:
+        with self._lock:
+            self._wait_timeouts += 1
+
+    def reads(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self._hits += hits
+            self._misses += misses
+
+    def snapshot(self) -> CallStats:
+        with self._lock:
+            return CallStats(
+                calls_total=self._calls,
+                failures_total=self._failures,
+                retries_total=self._retries,
+                rejected_total=self._rejected,
+                wait_timeouts_total=self._wait_timeouts,
+                hits_total=self._hits,
+                misses_total=self._misses,
+            )

@@ -1,0 +1,402 @@
+"""The four backends, each built from redis-py's own clients and pools.
+
+Every backend offers the same small surface to the pool: run one command with
+a read timeout, run a batch, report connection counts and server info, close.
+memory, redis and sentinel share one implementation over a redis-py
+`ConnectionPool` (fakeredis supplies the connection class of the embedded one;
+redis-py's Sentinel supplies a pool that follows the master); cluster uses
+`RedisCluster`, which routes by slot and follows failovers itself.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from cachegate.core import Config
+
+__all__ = ["Backend", "PoolCounts", "ServerInfo", "make_backend"]
+
+Command = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolCounts:
+    created: int
+    idle: int
+    in_use: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    version: str
+    connected_clients: int
+    used_memory_human: str
+    keyspace_hits: int | None  # None when the server does not count them
+    keyspace_misses: int | None
+
+
+class Backend(Protocol):
+    kind: str
+
+    @property
+    def client(self) -> redis.Redis | RedisCluster:
+        """A redis-py client over this backend's pool (what `get_client()` hands out)."""
+        ...
+
+    def run(self, command: Command, timeout: float) -> Any:
+        """Run one command; wait at most `timeout` seconds for its reply."""
+        ...
+
+    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        """Run commands as one pipeline; an error reply stands in its place as an exception."""
+        ...
+
+    def counts(self) -> PoolCounts: ...
+
+    def reap_idle(self, max_idle: float) -> int:
+        """Close connections idle for longer than `max_idle` seconds; how many closed."""
+        ...
+
+    def info(self, timeout: float) -> ServerInfo: ...
+
+    def close(self) -> None: ...
+
+
+def _no_retry() -> Retry:
+    # redis-py 8 retries 10 times by default; our pool has the one retry layer.
+    return Retry(NoBackoff(), 0)
+
+
+def _connection_kwargs(config: Config) -> dict[str, Any]:
+    settings, pool = config.redis, config.pool
+    kwargs: dict[str, Any] = {
+        "db": settings.db,
+        "username": settings.username,
+        "password": settings.password.value if settings.password else None,
+        "socket_timeout": pool.socket_timeout,
+        "socket_connect_timeout": pool.connect_timeout,
+        "health_check_interval": pool.health_check_interval,
+        "retry": _no_retry(),
+        # No CLIENT SETNAME / SETINFO on connect: without a password a new connection
+        # then costs no round trip, so the caller's deadline bounds it like any read.
+        "driver_info": None,
+        # RESP2, not redis-py 8's default RESP3: no HELLO round trip per new connection.
+        "protocol": 2,
+    }
+    if settings.tls:
+        kwargs.update(
+            ssl_ca_certs=settings.tls_ca_file,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
+        )
+    return kwargs
+
+
+def _human_bytes(n: int) -> str:
+    """Redis's own `used_memory_human` style (1.50M), for sums across cluster nodes."""
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.2f}{unit}" if unit != "B" else f"{n}B"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _info_from(sections: Mapping[str, Any]) -> ServerInfo:
+    return ServerInfo(
+        version=str(sections.get("redis_version", "")),
+        connected_clients=int(sections.get("connected_clients", 0)),
+        used_memory_human=str(sections.get("used_memory_human", "")),
+        keyspace_hits=int(sections.get("keyspace_hits", 0)),
+        keyspace_misses=int(sections.get("keyspace_misses", 0)),
+    )
+
+
+class IdleReaping:
+    """Mixin for redis-py pools: close connections left idle longer than a limit.
+
+    redis-py keeps every connection it ever opened; after a burst, Redis would
+    count them forever. Connections are stamped when released, and the oldest
+    idle ones are closed by `reap_idle()` (the pool calls it now and then).
+    """
+
+    _lock: Any  # redis-py: threading.RLock
+    _available_connections: list[Any]
+    _created_connections: int
+
+    def release(self, connection: Any) -> None:
+        connection._cachegate_idle_since = time.monotonic()
+        super().release(connection)  # type: ignore[misc]
+
+    def reap_idle(self, max_idle: float) -> int:
+        cutoff = time.monotonic() - max_idle
+        with self._lock:
+            stale = [
+                c
+                for c in self._available_connections
+                if getattr(c, "_cachegate_idle_since", cutoff) < cutoff
+            ]
+            for conn in stale:
+                self._available_connections.remove(conn)
+            self._created_connections -= len(stale)
+        for conn in stale:
+            conn.disconnect()
+        return len(stale)
+
+
+class ReapingConnectionPool(IdleReaping, redis.ConnectionPool):
+    pass
+
+
+class ReapingSentinelConnectionPool(IdleReaping, SentinelConnectionPool):
+    pass
+
+
+class ConnectionBackend:
+    """memory, redis and sentinel: one redis-py ConnectionPool, one connection per call."""
+
+    def __init__(
+        self,
+        kind: str,
+        pool: redis.ConnectionPool,
+        info: Callable[[ConnectionBackend, float], ServerInfo] | None = None,
+    ) -> None:
+        self.kind = kind
+        self._pool = pool
+        self._client = redis.Redis(connection_pool=pool)
+        self._callbacks: dict[str, Callable[..., Any]] = dict(self._client.response_callbacks)
+        self._info = info
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    @property
+    def connection_pool(self) -> redis.ConnectionPool:
+        return self._pool
+
+    def run(self, command: Command, timeout: float) -> Any:
+        conn = self._pool.get_connection()
+        try:
+            conn.send_command(*command)
+            # redis-py disconnects the connection on any error or interruption here,
+            # so a late reply can never be read by the next caller (CVE-2023-28858).
+            response = conn.read_response(timeout=timeout)
+        finally:
+            self._pool.release(conn)
+        callback = self._callback(command)
+        return callback(response) if callback else response
+
+    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        conn = self._pool.get_connection()
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response(timeout=timeout))
+                except redis.ResponseError as exc:
+                    replies.append(exc)  # Redis answered: only this command failed
+        finally:
+            self._pool.release(conn)
+        results: list[Any] = []
+        for command, reply in zip(commands, replies, strict=True):
+            callback = None if isinstance(reply, Exception) else self._callback(command)
+            results.append(callback(reply) if callback else reply)
+        return results
+
+    def _callback(self, command: Command) -> Callable[..., Any] | None:
+        name = str(command[0]).upper()
+        if len(command) > 1 and isinstance(command[1], str):
+            sub = self._callbacks.get(f"{name} {command[1].upper()}")
+            if sub is not None:
+                return sub
+        return self._callbacks.get(name)
+
+    def reap_idle(self, max_idle: float) -> int:
+        if isinstance(self._pool, IdleReaping):
+            return self._pool.reap_idle(max_idle)
+        return 0
+
+    def counts(self) -> PoolCounts:
+        (idle, _), (in_use, _) = self._pool.get_connection_count()
+        return PoolCounts(created=idle + in_use, idle=idle, in_use=in_use)
+
+    def info(self, timeout: float) -> ServerInfo:
+        if self._info is not None:
+            return self._info(self, timeout)
+        return _info_from(self.run(("INFO",), timeout))
+
+    def close(self) -> None:
+        self._pool.disconnect()
+
+
+def _memory_info(backend: ConnectionBackend, timeout: float) -> ServerInfo:
+    # fakeredis has no INFO command; report what is true of the embedded server.
+    backend.run(("PING",), timeout)
+    return ServerInfo(
+        version=f"fakeredis-{importlib.metadata.version('fakeredis')}",
+        connected_clients=backend.counts().created,
+        used_memory_human="n/a",
+        keyspace_hits=None,
+        keyspace_misses=None,
+    )
+
+
+def _memory(config: Config) -> ConnectionBackend:
+    import fakeredis  # only the memory backend needs it
+
+    pool = ReapingConnectionPool(
+        connection_class=fakeredis.FakeRedisConnection,
+        server=fakeredis.FakeServer(),
+        max_connections=config.pool.max_connections,
+        retry=_no_retry(),
+    )
+    return ConnectionBackend("memory", pool, _memory_info)
+
+
+def _standalone(config: Config) -> ConnectionBackend:
+    settings = config.redis
+    kwargs = _connection_kwargs(config)
+    if settings.tls:
+        kwargs["connection_class"] = redis.SSLConnection
+    pool = ReapingConnectionPool(
+        host=settings.host,
+        port=settings.port,
+        max_connections=config.pool.max_connections,
+        **kwargs,
+    )
+    return ConnectionBackend("redis", pool)
+
+
+def _sentinel(config: Config) -> ConnectionBackend:
+    settings, pool_settings = config.redis, config.pool
+    sentinel = Sentinel(
+        [(a.host, a.port) for a in settings.sentinels],
+        sentinel_kwargs={
+            "socket_timeout": pool_settings.socket_timeout,
+            "socket_connect_timeout": pool_settings.connect_timeout,
+            "retry": _no_retry(),
+        },
+    )
+    kwargs = _connection_kwargs(config)
+    if settings.tls:
+        kwargs["ssl"] = True
+    # master_for's pool asks the sentinels for the master on every (re)connect, and its
+    # connections turn a READONLY reply into a ConnectionError, so a failover leads to
+    # rediscovery instead of repeated writes to a demoted master.
+    client = sentinel.master_for(
+        settings.sentinel_master,
+        connection_pool_class=ReapingSentinelConnectionPool,
+        max_connections=pool_settings.max_connections,
+        **kwargs,
+    )
+    return ConnectionBackend("sentinel", client.connection_pool)
+
+
+class ClusterBackend:
+    """Redis Cluster through redis-py's RedisCluster (slot routing, MOVED/ASK, failover)."""
+
+    kind = "cluster"
+
+    def __init__(self, config: Config) -> None:
+        settings = config.redis
+        nodes = settings.cluster_nodes or ((settings.host, settings.port),)
+        kwargs = _connection_kwargs(config)
+        kwargs.pop("retry")  # RedisCluster refuses it in kwargs; it takes its own below
+        kwargs.pop("db")  # a cluster has only db 0
+        if settings.tls:
+            kwargs["ssl"] = True
+        self._client = RedisCluster(
+            startup_nodes=[ClusterNode(str(n[0]), int(n[1])) for n in _pairs(nodes)],
+            max_connections=config.pool.max_connections,
+            # Cluster retries are how RedisCluster follows MOVED replies and failovers:
+            # they stay on, bounded by our attempts and backoff.
+            retry=Retry(
+                ExponentialWithJitterBackoff(
+                    cap=config.retry.backoff_cap, base=config.retry.backoff_base
+                ),
+                config.retry.attempts,
+            ),
+            **kwargs,
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> RedisCluster:
+        return self._client
+
+    def run(self, command: Command, timeout: float) -> Any:
+        # RedisCluster has no per-call read timeout: REDIS_SOCKET_TIMEOUT bounds each read.
+        return self._client.execute_command(*command)
+
+    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        # ClusterPipeline splits the batch by slot and sends one pipeline per node.
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for reply in replies:  # a node that could not be reached fails the whole batch
+            if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    def _pools(self) -> list[redis.ConnectionPool]:
+        return [
+            node.redis_connection.connection_pool
+            for node in self._client.get_nodes()
+            if node.redis_connection is not None
+        ]
+
+    def reap_idle(self, max_idle: float) -> int:
+        return 0  # RedisCluster's per-node pools are its own business
+
+    def counts(self) -> PoolCounts:
+        idle = in_use = 0
+        for pool in self._pools():
+            (i, _), (u, _) = pool.get_connection_count()
+            idle, in_use = idle + i, in_use + u
+        return PoolCounts(created=idle + in_use, idle=idle, in_use=in_use)
+
+    def info(self, timeout: float) -> ServerInfo:
+        per_node: dict[str, Any] = self._client.info(target_nodes=RedisCluster.PRIMARIES)
+        if per_node and "redis_version" in per_node:  # a single node answers flat
+            per_node = {"node": per_node}
+        nodes = list(per_node.values())
+        first = nodes[0] if nodes else {}
+        return ServerInfo(
+            version=str(first.get("redis_version", "")),
+            connected_clients=sum(int(n.get("connected_clients", 0)) for n in nodes),
+            used_memory_human=_human_bytes(sum(int(n.get("used_memory", 0)) for n in nodes)),
+            keyspace_hits=sum(int(n.get("keyspace_hits", 0)) for n in nodes),
+            keyspace_misses=sum(int(n.get("keyspace_misses", 0)) for n in nodes),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _pairs(nodes: Sequence[Any]) -> list[tuple[str, int]]:
+    return [(n.host, n.port) if hasattr(n, "host") else (str(n[0]), int(n[1])) for n in nodes]
+
+
+def make_backend(config: Config) -> Backend:
+    """The backend that `config.backend` names."""
+    if config.backend == "memory":
+        return _memory(config)
+    if config.backend == "redis":
+        return _standalone(config)
+    if config.backend == "sentinel":
+        return _sentinel(config)
+    return ClusterBackend(config)

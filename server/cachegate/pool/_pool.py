@@ -1,0 +1,371 @@
+"""RedisConnectionPool: redis-py's pool behind a circuit breaker, one retry layer and counters.
+
+The call path of `execute()`:
+
+    breaker.acquire()   - open? raise CircuitOpenError at once, Redis untouched
+    slots.acquire()     - wait for a free connection, at most the wait timeout (or deadline)
+    backend.run()       - one command, read timeout = socket timeout capped by the deadline
+    breaker.record()    - outage errors count against Redis; replies and our own limits do not
+    retry?              - only idempotent commands, only outage errors, only while the breaker
+                          is closed and the deadline leaves room for the backoff
+
+No lock is held across the Redis call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+
+from cachegate.core import (
+    CallCounters,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    Config,
+    Deadline,
+    Outcome,
+    StateListener,
+)
+from cachegate.pool._backends import Backend, make_backend
+from cachegate.pool._commands import IDEMPOTENT, READS
+from cachegate.pool._errors import (
+    ErrorKind,
+    PoolExhaustedError,
+    RedisTimeoutError,
+    RedisUnavailableError,
+    classify,
+    translate,
+)
+from cachegate.pool._slots import Slots
+
+__all__ = ["RedisConnectionPool"]
+
+T = TypeVar("T")
+
+# A health check must answer quickly even when Redis hangs.
+HEALTH_TIMEOUT = 1.0
+
+
+class RedisConnectionPool:
+    """A bounded, breaker-guarded pool of Redis connections (the seed's API).
+
+    >>> pool = RedisConnectionPool(Config())          # the embedded memory backend
+    >>> pool.execute("setex", "k", 60, b"v")
+    True
+    >>> pool.execute("get", "k")
+    b'v'
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._sleep = sleep
+        self._backend: Backend = make_backend(config)
+        self._breaker = CircuitBreaker(config.breaker, clock=clock)
+        self._slots = Slots(config.pool.max_connections)
+        self._counters = CallCounters()
+        self._backoff = ExponentialWithJitterBackoff(
+            cap=config.retry.backoff_cap, base=config.retry.backoff_base
+        )
+        self._closed = False
+        self._next_reap = clock() + self._reap_every()
+
+    def _reap_every(self) -> float:
+        # Look for idle connections a few times per idle timeout, at most once a second.
+        return max(1.0, self._config.pool.idle_timeout / 4)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisConnectionPool backend={self._backend.kind} "
+            f"redis={self._config.redis.redacted_url} state={self._breaker.state.value}>"
+        )
+
+    # --- the seed's API ---------------------------------------------------------------
+
+    def execute(self, command: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run one Redis command through breaker and retry; returns redis-py's reply.
+
+        `timeout` is the caller's whole budget in seconds (pool wait, reply and
+        retries); without it the configured socket timeout bounds each attempt.
+        """
+        name = command.upper()
+        cmd = (command, *args)
+        result = self._with_retries(
+            lambda read_timeout: self._backend.run(cmd, read_timeout),
+            Deadline.after(timeout, self._clock),
+            retryable=name in IDEMPOTENT,
+        )
+        if name in READS:
+            self._count_reads(result)
+        return result
+
+    def execute_many(
+        self, commands: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Run a batch as one pipeline (one round trip where the backend allows).
+
+        One breaker verdict and one connection for the whole batch. The result
+        has one entry per command, in order: the reply, or a CommandError for a
+        command Redis rejected (its neighbours are unaffected). An outage fails
+        the batch as a whole; it is retried only when every command is idempotent.
+        """
+        if not commands:
+            return []
+        replies = self._with_retries(
+            lambda read_timeout: self._backend.run_batch(commands, read_timeout),
+            Deadline.after(timeout, self._clock),
+            retryable=all(str(c[0]).upper() in IDEMPOTENT for c in commands),
+        )
+        hits = misses = 0
+        results: list[Any] = []
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                kind = classify(reply) or ErrorKind.REPLY
+                error = translate(reply, kind)
+                error.__cause__ = reply
+                results.append(error)
+                continue
+            if str(command[0]).upper() == "GET":
+                if reply is None:
+                    misses += 1
+                else:
+                    hits += 1
+            results.append(reply)
+        if hits or misses:
+            self._counters.reads(hits, misses)
+        return results
+
+    @contextlib.contextmanager
+    def get_client(self, timeout: float | None = None) -> Iterator[redis.Redis | RedisCluster]:
+        """Yield a redis-py client for pipelines and other multi-command work.
+
+        The block holds one of the pool's slots (so it counts toward
+        REDIS_MAX_CONNECTIONS), passes the breaker first, and reports its outcome
+        to the breaker when it ends, exceptions included. Commands inside the
+        block are not retried: a pipeline may hold commands that must not run twice.
+        """
+        self._check_open()
+        deadline = Deadline.after(timeout, self._clock)
+        permit = self._acquire_permit()
+        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
+            self._breaker.record(permit, Outcome.IGNORED)
+            self._counters.wait_timeout()
+            raise PoolExhaustedError(self._exhausted_message())
+        self._counters.call()
+        start = self._clock()
+        try:
+            yield self._backend.client
+        except BaseException as exc:
+            kind = classify(exc)
+            self._record(permit, kind, self._clock() - start)
+            if kind in (ErrorKind.OUTAGE, ErrorKind.TIMEOUT, ErrorKind.CAPACITY):
+                raise translate(exc, kind) from exc
+            raise
+        else:
+            self._breaker.record(permit, Outcome.SUCCESS, self._clock() - start)
+        finally:
+            self._slots.release()
+
+    def health_check(self) -> dict[str, Any]:
+        """The seed's health dict. Never raises: a down Redis gives healthy=False and why.
+
+        It pings Redis directly, past the breaker, so operators see the truth
+        even while the breaker keeps application calls away.
+        """
+        report: dict[str, Any] = {
+            "healthy": False,
+            "ping_ms": None,
+            "version": None,
+            "connected_clients": None,
+            "used_memory_human": None,
+            "hit_rate": self._counters.snapshot().hit_rate,
+            "circuit_state": self._breaker.state.value,
+            "backend": self._backend.kind,
+            "pool": self._pool_section(),
+        }
+        try:
+            self._check_open()
+            timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
+            start = time.perf_counter()
+            self._backend.run(("PING",), timeout)
+            report["ping_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            info = self._backend.info(timeout)
+        except Exception as exc:
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            return report
+        report.update(
+            healthy=True,
+            version=info.version,
+            connected_clients=info.connected_clients,
+            used_memory_human=info.used_memory_human,
+        )
+        if info.keyspace_hits is not None and info.keyspace_misses is not None:
+            reads = info.keyspace_hits + info.keyspace_misses
+            report["hit_rate"] = round(info.keyspace_hits / reads, 4) if reads else 0.0
+        return report
+
+    def get_stats(self) -> dict[str, Any]:
+        """Pool, breaker and call figures of this process (cheap: no Redis call)."""
+        counts = self._backend.counts()
+        calls = self._counters.snapshot()
+        breaker = self._breaker.snapshot()
+        return {
+            "backend": self._backend.kind,
+            "max_connections": self._slots.size,
+            "created_connections": counts.created,
+            "available_connections": counts.idle,
+            "in_use_connections": counts.in_use,
+            "pending_requests": self._slots.pending,
+            "wait_seconds_total": round(self._slots.wait_seconds_total, 6),
+            "circuit_state": breaker.state.value,
+            "consecutive_failures": breaker.consecutive_failures,
+            "retry_after": round(breaker.retry_after, 3),
+            "breaker_opened_total": breaker.opened_total,
+            "breaker_transitions_total": breaker.transitions_total,
+            "calls": calls.calls_total,
+            "failures": calls.failures_total,
+            "retries": calls.retries_total,
+            "rejected_calls": calls.rejected_total,
+            "pool_wait_timeouts": calls.wait_timeouts_total,
+            "hits": calls.hits_total,
+            "misses": calls.misses_total,
+            "hit_rate": round(calls.hit_rate, 4),
+        }
+
+    def close(self) -> None:
+        """Close every connection. Idempotent; later calls raise RedisUnavailableError."""
+        if not self._closed:
+            self._closed = True
+            self._backend.close()
+
+    # --- for the service and the metrics ---------------------------------------------
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    @property
+    def backend_kind(self) -> str:
+        return self._backend.kind
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._breaker.add_listener(listener)
+
+    # --- internals -----------------------------------------------------------------
+
+    def _with_retries(
+        self, call: Callable[[float], T], deadline: Deadline, *, retryable: bool
+    ) -> T:
+        retries_left = self._config.retry.attempts if retryable else 0
+        failures = 0
+        while True:
+            try:
+                return self._attempt(call, deadline)
+            except RedisUnavailableError:
+                if retries_left <= 0 or not self._may_retry(deadline):
+                    raise
+                delay = deadline.cap(self._backoff.compute(failures))
+                failures += 1
+                retries_left -= 1
+                self._counters.retry()
+                if delay > 0:
+                    self._sleep(delay)
+
+    def _attempt(self, call: Callable[[float], T], deadline: Deadline) -> T:
+        self._check_open()
+        if deadline.expired:
+            raise RedisTimeoutError("the caller's deadline passed before Redis was asked")
+        permit = self._acquire_permit()
+        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
+            self._breaker.record(permit, Outcome.IGNORED)
+            self._counters.wait_timeout()
+            raise PoolExhaustedError(self._exhausted_message())
+        self._counters.call()
+        socket_timeout = self._config.pool.socket_timeout
+        read_timeout = deadline.cap(socket_timeout)
+        start = self._clock()
+        try:
+            result = call(read_timeout)
+        except BaseException as exc:
+            kind = classify(exc)
+            if kind is ErrorKind.TIMEOUT and read_timeout < socket_timeout:
+                # The caller's short deadline ran out, not Redis's own time: no verdict.
+                self._breaker.record(permit, Outcome.IGNORED)
+                raise RedisTimeoutError(f"deadline exceeded waiting for Redis: {exc}") from exc
+            self._record(permit, kind, self._clock() - start)
+            if kind is None:
+                raise
+            raise translate(exc, kind) from exc
+        finally:
+            self._slots.release()
+        now = self._clock()
+        self._breaker.record(permit, Outcome.SUCCESS, now - start)
+        if now >= self._next_reap and self._config.pool.idle_timeout > 0:
+            self._next_reap = now + self._reap_every()
+            self._backend.reap_idle(self._config.pool.idle_timeout)
+        return result
+
+    def _acquire_permit(self) -> Any:
+        try:
+            return self._breaker.acquire()
+        except CircuitOpenError:
+            self._counters.rejected()
+            raise
+
+    def _record(self, permit: Any, kind: ErrorKind | None, elapsed: float) -> None:
+        if kind in (ErrorKind.OUTAGE, ErrorKind.TIMEOUT):
+            self._counters.failure()
+            self._breaker.record(permit, Outcome.FAILURE, elapsed)
+        elif kind is ErrorKind.REPLY:
+            self._breaker.record(permit, Outcome.SUCCESS, elapsed)
+        else:  # our own capacity, a cancelled call, a caller's bug: no verdict on Redis
+            self._breaker.record(permit, Outcome.IGNORED)
+
+    def _may_retry(self, deadline: Deadline) -> bool:
+        # Never retry into an open breaker (the retry would be rejected anyway and
+        # hide the real error), nor past the caller's deadline.
+        return self._breaker.state is CircuitState.CLOSED and not deadline.expired
+
+    def _count_reads(self, result: Any) -> None:
+        if isinstance(result, list):
+            misses = sum(1 for v in result if v is None)
+            self._counters.reads(len(result) - misses, misses)
+        elif result is None:
+            self._counters.reads(0, 1)
+        else:
+            self._counters.reads(1, 0)
+
+    def _pool_section(self) -> dict[str, int]:
+        counts = self._backend.counts()
+        return {
+            "created_connections": counts.created,
+            "available_connections": counts.idle,
+            "in_use_connections": counts.in_use,
+        }
+
+    def _exhausted_message(self) -> str:
+        return (
+            f"all {self._slots.size} Redis connections stayed busy for "
+            f"{self._config.pool.wait_timeout}s (REDIS_MAX_CONNECTIONS / REDIS_POOL_TIMEOUT)"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RedisUnavailableError("the pool is closed (close_redis_pool() was called)")

@@ -1,0 +1,95 @@
+"""grpc.health.v1 wired to the backend and the breaker.
+
+- ""                        the process: SERVING once the backend has answered once,
+                            and it stays SERVING through a Redis outage, so an
+                            orchestrator never kills a healthy pod for Redis's sake.
+- cachegate.v1.CacheService follows the breaker: CLOSED -> SERVING, otherwise NOT_SERVING.
+
+grpc_health's servicer starts "" as SERVING; we set NOT_SERVING first thing.
+
+A readiness probe that takes a pod out of rotation also takes its traffic away,
+and a breaker only half-opens when a call comes. The prober below sends that
+call (a PING through the pool) whenever the breaker is not closed, so the
+service comes back by itself after Redis does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from grpc_health.v1 import health, health_pb2
+
+from cachegate.core import CircuitOpenError, CircuitState
+from cachegate.pool import CacheError, RedisConnectionPool
+
+__all__ = ["SERVICE_NAME", "HealthReporter"]
+
+SERVICE_NAME = "cachegate.v1.CacheService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+log = logging.getLogger("cachegate.health")
+
+
+class HealthReporter:
+    """Owns the health servicer's statuses and the background prober."""
+
+    def __init__(self, pool: RedisConnectionPool, *, probe_interval: float = 0.5) -> None:
+        self.servicer = health.HealthServicer()
+        self._pool = pool
+        self._probe_interval = probe_interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cachegate-health", daemon=True)
+        self.servicer.set("", NOT_SERVING)
+        self.servicer.set(SERVICE_NAME, NOT_SERVING)
+        pool.add_state_listener(self._on_breaker_change)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the backend has answered (tests and `make run` use it)."""
+        return self._ready.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Everything NOT_SERVING for good (grpc_health ignores later set() calls)."""
+        self._stop.set()
+        self._wake.set()
+        self.servicer.enter_graceful_shutdown()
+
+    def _on_breaker_change(self, old: CircuitState, new: CircuitState) -> None:
+        if not self._ready.is_set():
+            return
+        self.servicer.set(SERVICE_NAME, SERVING if new is CircuitState.CLOSED else NOT_SERVING)
+        self._wake.set()
+
+    def _run(self) -> None:
+        # Until the backend answers once, nothing is SERVING.
+        while not self._stop.is_set() and not self._ready.is_set():
+            report = self._pool.health_check()
+            if report["healthy"]:
+                self._ready.set()
+                self.servicer.set("", SERVING)
+                closed = self._pool.breaker.state is CircuitState.CLOSED
+                self.servicer.set(SERVICE_NAME, SERVING if closed else NOT_SERVING)
+                log.info("backend ready", extra={"backend": self._pool.backend_kind})
+            else:
+                log.warning("backend not ready", extra={"reason": report.get("error", "")})
+                self._stop.wait(self._probe_interval)
+        # Then: probe whenever the breaker is not closed, so it can close again.
+        while not self._stop.is_set():
+            breaker = self._pool.breaker
+            if breaker.state is CircuitState.CLOSED:
+                self._wake.wait(5.0)
+                self._wake.clear()
+                continue
+            wait = max(breaker.retry_after(), self._probe_interval)
+            if self._stop.wait(wait):
+                return
+            # A failed probe is recorded by the breaker; we try again after its timeout.
+            with contextlib.suppress(CircuitOpenError, CacheError, ConnectionError):
+                self._pool.execute("PING")

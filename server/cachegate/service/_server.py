@@ -1,0 +1,115 @@
+"""Building the gRPC server (`create_server`) apart from running it (`serve`).
+
+Tests call `create_server(config)` with `127.0.0.1:0` and dial the port they got.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cachegate.core import Config
+from cachegate.pool import RedisConnectionPool
+from cachegate.service._health import SERVICE_NAME, HealthReporter
+from cachegate.service._servicer import CacheServicer
+from cachegate.v1 import cache_pb2, cache_pb2_grpc
+
+__all__ = ["CacheServer", "create_server"]
+
+log = logging.getLogger("cachegate.server")
+
+
+class AddressInUseError(OSError):
+    """The listen address is taken (we never share a port by accident)."""
+
+
+@dataclass(slots=True)
+class CacheServer:
+    """A built server: the gRPC server, its pool and its health reporter."""
+
+    grpc_server: grpc.Server
+    port: int
+    pool: RedisConnectionPool
+    health: HealthReporter
+    config: Config
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        self.health.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish, close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.shutdown()
+        grace = self.config.server.grace_seconds if grace is None else grace
+        self.grpc_server.stop(grace).wait()
+        self.pool.close()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def create_server(
+    config: Config,
+    *,
+    pool: RedisConnectionPool | None = None,
+    listen: str | None = None,
+    reuse_port: bool = False,
+    worker_id: int = 0,
+    workers: int = 1,
+) -> tuple[CacheServer, int]:
+    """Build (not start) a server for `config`; returns it and the port it bound.
+
+    `reuse_port` is only for our own worker processes: otherwise a second server
+    on the same port must fail instead of silently taking half the traffic.
+    """
+    limits = config.limits
+    pool = pool or RedisConnectionPool(config)
+    options = [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+        ("grpc.max_send_message_length", limits.max_receive_message_bytes),
+    ]
+    # One thread per admitted RPC: a stream holds its thread for its whole life, so
+    # fewer threads than admitted RPCs would let streams starve unary calls.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=limits.max_concurrent_rpcs, thread_name_prefix="cachegate-rpc"
+        ),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+        options=options,
+    )
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(
+        CacheServicer(pool, limits, worker_id=worker_id, workers=workers), server
+    )
+    health = HealthReporter(pool)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    if config.server.reflection:
+        reflection.enable_server_reflection(
+            (
+                cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    address = listen or config.server.listen
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        pool.close()
+        raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:  # older grpcio reports a failed bind as port 0
+        pool.close()
+        raise AddressInUseError(f"cannot listen on {address}: address in use or invalid")
+    log.info("built server", extra={"listen": address, "port": port, "service": SERVICE_NAME})
+    return CacheServer(server, port, pool, health, config), port

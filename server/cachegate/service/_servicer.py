@@ -1,0 +1,227 @@
+"""CacheService: the gRPC methods, each a thin shell over the breaker-guarded pool."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from cachegate.core import CircuitState, LimitSettings
+from cachegate.pool import CacheError, RedisConnectionPool
+from cachegate.service._limits import check_key, check_ttl, check_value
+from cachegate.service._status import (
+    INTERNAL,
+    InvalidArgumentError,
+    Rejection,
+    abort,
+    code_number,
+    status_for,
+)
+from cachegate.v1 import cache_pb2 as pb
+from cachegate.v1 import cache_pb2_grpc as pb_grpc
+
+__all__ = ["CacheServicer"]
+
+log = logging.getLogger("cachegate.service")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_CIRCUIT_STATES = {
+    CircuitState.CLOSED: pb.CIRCUIT_STATE_CLOSED,
+    CircuitState.OPEN: pb.CIRCUIT_STATE_OPEN,
+    CircuitState.HALF_OPEN: pb.CIRCUIT_STATE_HALF_OPEN,
+}
+
+
+def _rejection(exc: BaseException, method: str) -> Rejection:
+    rejection = status_for(exc)
+    if rejection is None:
+        log.error("unexpected error in %s", method, exc_info=exc)
+        return INTERNAL
+    return rejection
+
+
+def _unary(
+    method: Callable[[CacheServicer, Req, grpc.ServicerContext], Resp],
+) -> Callable[[CacheServicer, Req, grpc.ServicerContext], Resp]:
+    """Turn every exception of a unary method into its status, in one place."""
+
+    @functools.wraps(method)
+    def wrapper(self: CacheServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            abort(context, _rejection(exc, method.__name__))
+            raise AssertionError("abort() returned") from exc  # pragma: no cover
+
+    return wrapper
+
+
+class CacheServicer(pb_grpc.CacheServiceServicer):
+    def __init__(
+        self,
+        pool: RedisConnectionPool,
+        limits: LimitSettings,
+        *,
+        worker_id: int = 0,
+        workers: int = 1,
+    ) -> None:
+        self._pool = pool
+        self._limits = limits
+        self._worker_id = worker_id
+        self._workers = workers
+
+    @_unary
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
+        key = check_key(request.key, self._limits)
+        value = self._pool.execute("GET", key, timeout=context.time_remaining())
+        if value is None:
+            return pb.GetResponse(found=False)
+        return pb.GetResponse(found=True, value=value)
+
+    @_unary
+    def SetEx(self, request: pb.SetExRequest, context: grpc.ServicerContext) -> pb.SetExResponse:
+        key = check_key(request.key, self._limits)
+        check_ttl(request.ttl_seconds)
+        check_value(request.value, self._limits)
+        self._pool.execute(
+            "SETEX", key, request.ttl_seconds, request.value, timeout=context.time_remaining()
+        )
+        return pb.SetExResponse()
+
+    @_unary
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        key = check_key(request.key, self._limits)
+        removed = self._pool.execute("DEL", key, timeout=context.time_remaining())
+        return pb.DeleteResponse(deleted=bool(removed))
+
+    def Pipeline(
+        self, request_iterator: Iterable[pb.PipelineRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.PipelineResponse]:
+        # grpc hands us one request at a time and HTTP/2 flow control holds the rest
+        # back, so a fast sender never makes us buffer without bound.
+        for batch in request_iterator:
+            if len(batch.operations) > self._limits.max_batch_ops:
+                abort(
+                    context,
+                    _rejection(
+                        InvalidArgumentError(
+                            "operations",
+                            f"batch has {len(batch.operations)} operations; the limit is "
+                            f"{self._limits.max_batch_ops}",
+                        ),
+                        "Pipeline",
+                    ),
+                )
+            yield self._run_batch(batch, context)
+
+    def _run_batch(
+        self, batch: pb.PipelineRequest, context: grpc.ServicerContext
+    ) -> pb.PipelineResponse:
+        size = len(batch.operations)
+        outcomes = [pb.OUTCOME_UNSPECIFIED] * size
+        values = [b""] * size
+        errors: list[tuple[int, int, str]] = []
+        commands: list[tuple[Any, ...]] = []
+        positions: list[int] = []
+        kinds: list[str] = []
+        for index, op in enumerate(batch.operations):
+            kind = op.WhichOneof("op")
+            try:
+                commands.append(self._command(index, kind, op))
+            except InvalidArgumentError as exc:
+                outcomes[index] = pb.OUTCOME_ERROR
+                errors.append((index, code_number(grpc.StatusCode.INVALID_ARGUMENT), str(exc)))
+                continue
+            positions.append(index)
+            kinds.append(kind or "")
+        try:
+            replies = self._pool.execute_many(commands, timeout=context.time_remaining())
+        except Exception as exc:
+            rejection = _rejection(exc, "Pipeline")
+            for index in positions:
+                outcomes[index] = pb.OUTCOME_ERROR
+                errors.append((index, code_number(rejection.code), rejection.message))
+            replies = []
+        for index, kind, reply in zip(positions, kinds, replies, strict=False):
+            if isinstance(reply, CacheError):
+                rejection = _rejection(reply, "Pipeline")
+                outcomes[index] = pb.OUTCOME_ERROR
+                errors.append((index, code_number(rejection.code), rejection.message))
+            elif kind == "get":
+                if reply is None:
+                    outcomes[index] = pb.OUTCOME_NOT_FOUND
+                else:
+                    outcomes[index] = pb.OUTCOME_VALUE
+                    values[index] = reply
+            elif kind == "set_ex":
+                outcomes[index] = pb.OUTCOME_OK
+            else:  # delete
+                outcomes[index] = pb.OUTCOME_OK if reply else pb.OUTCOME_NOT_FOUND
+        errors.sort()
+        return pb.PipelineResponse(
+            outcomes=outcomes,
+            values=values,
+            errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
+        )
+
+    def _command(self, index: int, kind: str | None, op: pb.Operation) -> tuple[Any, ...]:
+        where = f"operations[{index}]"
+        if kind == "get":
+            return ("GET", check_key(op.get.key, self._limits, f"{where}.get.key"))
+        if kind == "set_ex":
+            key = check_key(op.set_ex.key, self._limits, f"{where}.set_ex.key")
+            check_ttl(op.set_ex.ttl_seconds, f"{where}.set_ex.ttl_seconds")
+            check_value(op.set_ex.value, self._limits, f"{where}.set_ex.value")
+            return ("SETEX", key, op.set_ex.ttl_seconds, op.set_ex.value)
+        if kind == "delete":
+            return ("DEL", check_key(op.delete.key, self._limits, f"{where}.delete.key"))
+        raise InvalidArgumentError(where, "no operation set (one of get, set_ex, delete)")
+
+    @_unary
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        stats = self._pool.get_stats()
+        health = self._pool.health_check()
+        snapshot = self._pool.breaker.snapshot()
+        return pb.StatsResponse(
+            backend=stats["backend"],
+            pool=pb.PoolStats(
+                max_connections=stats["max_connections"],
+                created_connections=stats["created_connections"],
+                available_connections=stats["available_connections"],
+                in_use_connections=stats["in_use_connections"],
+                pending_requests=stats["pending_requests"],
+                wait_timeouts_total=stats["pool_wait_timeouts"],
+            ),
+            breaker=pb.BreakerStats(
+                state=_CIRCUIT_STATES[snapshot.state],
+                consecutive_failures=snapshot.consecutive_failures,
+                retry_after_seconds=snapshot.retry_after,
+                opened_total=snapshot.opened_total,
+                transitions_total=snapshot.transitions_total,
+                rejected_total=stats["rejected_calls"],
+            ),
+            calls=pb.CallStats(
+                calls_total=stats["calls"],
+                failures_total=stats["failures"],
+                retries_total=stats["retries"],
+                hits_total=stats["hits"],
+                misses_total=stats["misses"],
+                hit_rate=stats["hit_rate"],
+            ),
+            redis=pb.RedisInfo(
+                healthy=health["healthy"],
+                ping_ms=health["ping_ms"] or 0.0,
+                version=health["version"] or "",
+                connected_clients=health["connected_clients"] or 0,
+                used_memory_human=health["used_memory_human"] or "",
+                hit_rate=health["hit_rate"] or 0.0,
+                error=health.get("error", ""),
+            ),
+            worker_id=self._worker_id,
+            workers=self._workers,
+        )

@@ -1,0 +1,125 @@
+"""The one mapping from what went wrong to a gRPC status. Documented in README.md, "Errors".
+
+| condition                                  | status              | details              |
+|--------------------------------------------|---------------------|----------------------|
+| bad key, value, TTL or batch size          | INVALID_ARGUMENT    | google.rpc.BadRequest|
+| breaker open (Redis not touched)           | UNAVAILABLE         | google.rpc.RetryInfo |
+| Redis refused / reset / down               | UNAVAILABLE         |                      |
+| Redis too slow, or the caller's deadline   | DEADLINE_EXCEEDED   |                      |
+| no pool connection within the wait timeout | RESOURCE_EXHAUSTED  |                      |
+| too many streams / RPCs                    | RESOURCE_EXHAUSTED  |                      |
+| Redis rejected the command (WRONGTYPE)     | FAILED_PRECONDITION |                      |
+
+Anything else is a bug and gives INTERNAL with a generic message (the details
+go to the log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from cachegate.core import CircuitOpenError
+from cachegate.pool import (
+    CommandError,
+    PoolExhaustedError,
+    RedisTimeoutError,
+    RedisUnavailableError,
+)
+
+__all__ = [
+    "INTERNAL",
+    "InvalidArgumentError",
+    "Rejection",
+    "TooBusyError",
+    "abort",
+    "code_number",
+    "status_for",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgumentError(ValueError):
+    """A request field breaks a rule (limits, TTL). Carries BadRequest field violations."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.violation = FieldViolation(field, description)
+
+
+class TooBusyError(Exception):
+    """The server's own limit (streams in flight) is reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A status to send, with its rich details already packed."""
+
+    code: grpc.StatusCode
+    message: str
+    details: tuple[error_details_pb2.RetryInfo | error_details_pb2.BadRequest, ...] = ()
+
+    def to_status(self) -> grpc.Status:
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        for detail in self.details:
+            status.details.add().Pack(detail)
+        return rpc_status.to_status(status)
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    whole = math.floor(seconds)
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+    )
+
+
+def status_for(exc: BaseException) -> Rejection | None:
+    """The status for a known condition; None means "a bug": the caller logs and sends INTERNAL."""
+    if isinstance(exc, InvalidArgumentError):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.violation.field, description=exc.violation.description
+        )
+        return Rejection(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            str(exc),
+            (error_details_pb2.BadRequest(field_violations=[violation]),),
+        )
+    if isinstance(exc, CircuitOpenError):
+        return Rejection(
+            grpc.StatusCode.UNAVAILABLE,
+            f"Redis circuit breaker is {exc.state.value}; retry after {exc.retry_after:.3f}s",
+            (_retry_info(exc.retry_after),),
+        )
+    if isinstance(exc, RedisTimeoutError):
+        return Rejection(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, RedisUnavailableError):
+        return Rejection(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, PoolExhaustedError | TooBusyError):
+        return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, CommandError):
+        return Rejection(grpc.StatusCode.FAILED_PRECONDITION, f"Redis rejected it: {exc}")
+    return None
+
+
+INTERNAL = Rejection(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def abort(context: grpc.ServicerContext, rejection: Rejection) -> None:
+    """End the RPC with `rejection` (raises, as grpc's abort does)."""
+    context.abort_with_status(rejection.to_status())
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The google.rpc.Code number of a gRPC status code (for per-operation errors)."""
+    value: int = code.value[0]
+    return value

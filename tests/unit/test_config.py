@@ -1,0 +1,126 @@
+"""Configuration: the seed's variables and defaults, clear one-line errors, no leaked secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from cachegate.core import SETTINGS, Address, ConfigError, Secret, load_config
+
+
+def test_defaults_are_the_seeds() -> None:
+    config = load_config({})
+    assert config.backend == "memory"
+    assert (config.redis.host, config.redis.port, config.redis.db) == ("localhost", 6379, 0)
+    assert config.redis.password is None
+    assert config.pool.max_connections == 50
+    assert config.pool.socket_timeout == 5.0
+    assert config.pool.connect_timeout == 5.0  # follows the socket timeout when unset
+    assert config.pool.health_check_interval == 30.0
+    assert config.breaker.failure_threshold == 5
+    assert config.breaker.recovery_timeout == 60.0
+    assert config.server.listen == "127.0.0.1:50051"
+
+
+def test_seed_variables_are_read() -> None:
+    config = load_config(
+        {
+            "REDIS_HOST": "cache.internal",
+            "REDIS_PORT": "6380",
+            "REDIS_DB": "3",
+            "REDIS_PASSWORD": "s3cret",
+            "REDIS_MAX_CONNECTIONS": "7",
+            "REDIS_SOCKET_TIMEOUT": "0.25",
+            "REDIS_HEALTH_CHECK_INTERVAL": "0",
+            "REDIS_FAILURE_THRESHOLD": "2",
+            "REDIS_RECOVERY_TIMEOUT": "1.5",
+            "CACHEGATE_BACKEND": "redis",
+        }
+    )
+    assert config.backend == "redis"
+    assert (config.redis.host, config.redis.port, config.redis.db) == ("cache.internal", 6380, 3)
+    assert config.redis.password == Secret("s3cret")
+    assert config.pool.max_connections == 7
+    assert config.pool.socket_timeout == 0.25
+    assert config.pool.connect_timeout == 0.25
+    assert config.pool.health_check_interval == 0.0
+    assert config.breaker.failure_threshold == 2
+    assert config.breaker.recovery_timeout == 1.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("REDIS_PORT", "abc", "REDIS_PORT='abc': must be a whole number"),
+        ("REDIS_PORT", "70000", "REDIS_PORT='70000': must be <= 65535"),
+        ("REDIS_FAILURE_THRESHOLD", "-1", "REDIS_FAILURE_THRESHOLD='-1': must be >= 1"),
+        ("REDIS_RECOVERY_TIMEOUT", "0", "REDIS_RECOVERY_TIMEOUT='0': must be > 0"),
+        ("REDIS_SOCKET_TIMEOUT", "nan", "REDIS_SOCKET_TIMEOUT='nan': must be finite"),
+        ("CACHEGATE_BACKEND", "mongo", "CACHEGATE_BACKEND='mongo': must be one of"),
+        ("CACHEGATE_LISTEN", "nowhere", "CACHEGATE_LISTEN='nowhere': 'nowhere' is not host:port"),
+        ("CACHEGATE_REFLECTION", "maybe", "CACHEGATE_REFLECTION='maybe': must be one of"),
+    ],
+)
+def test_a_bad_value_names_the_variable_in_one_line(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({name: value})
+    message = str(caught.value)
+    assert message.startswith(says)
+    assert "\n" not in message
+
+
+def test_secrets_are_never_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"REDIS_URL": "redis://user:hunter2@host:notaport/0"})
+    assert "hunter2" not in str(caught.value)
+    assert "REDIS_URL=<hidden>" in str(caught.value)
+
+    config = load_config({"REDIS_URL": "rediss://app:hunter2@redis.example:6390/2"})
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in config.redis.redacted_url
+    assert config.redis.redacted_url == "rediss://app:***@redis.example:6390/2"
+    assert str(config.redis.password) == "***"
+
+
+def test_url_carries_acl_user_tls_and_db() -> None:
+    config = load_config({"REDIS_URL": "rediss://app:p%40ss@redis.example:6390/2"})
+    redis = config.redis
+    assert (redis.host, redis.port, redis.db, redis.username) == ("redis.example", 6390, 2, "app")
+    assert redis.tls is True
+    assert redis.password is not None
+    assert redis.password.value == "p@ss"  # percent-decoded
+
+
+def test_url_overrides_host_and_port() -> None:
+    config = load_config({"REDIS_URL": "redis://10.1.2.3", "REDIS_HOST": "ignored"})
+    assert (config.redis.host, config.redis.port, config.redis.tls) == ("10.1.2.3", 6379, False)
+
+
+def test_url_rejects_other_schemes_and_query_parameters() -> None:
+    with pytest.raises(ConfigError, match="scheme must be"):
+        load_config({"REDIS_URL": "http://localhost"})
+    with pytest.raises(ConfigError, match="query parameters"):
+        load_config({"REDIS_URL": "redis://localhost/0?ssl_cert_reqs=none"})
+
+
+def test_sentinel_backend_needs_sentinels() -> None:
+    with pytest.raises(ConfigError, match="REDIS_SENTINELS"):
+        load_config({"CACHEGATE_BACKEND": "sentinel"})
+    config = load_config(
+        {"CACHEGATE_BACKEND": "sentinel", "REDIS_SENTINELS": "127.0.0.1:26379, [::1]:26380"}
+    )
+    assert config.redis.sentinels == (Address("127.0.0.1", 26379), Address("::1", 26380))
+
+
+def test_backoff_cap_below_base_is_refused() -> None:
+    with pytest.raises(ConfigError, match="REDIS_RETRY_BACKOFF_CAP"):
+        load_config({"REDIS_RETRY_BACKOFF_BASE": "2", "REDIS_RETRY_BACKOFF_CAP": "1"})
+
+
+def test_http_side_port_can_be_switched_off() -> None:
+    assert load_config({"CACHEGATE_HTTP_LISTEN": "off"}).server.http_listen is None
+
+
+def test_every_setting_default_parses() -> None:
+    # The --help table shows these defaults: each must be a value load_config accepts.
+    env = {s.name: s.default for s in SETTINGS if s.default}
+    assert load_config(env) == load_config({})
