@@ -86,7 +86,7 @@ def test_bad_input_is_invalid_argument_with_a_field_violation(
         memory_server.stub.SetEx(request_)
     error = caught.value
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert field in error.details()
+    assert field in (error.details() or "")
     [bad_request] = details(error)
     assert isinstance(bad_request, error_details_pb2.BadRequest)
     assert bad_request.field_violations[0].field == field
@@ -136,7 +136,7 @@ def test_pipeline_wrongtype_fails_only_its_own_result(
     redis_backed_server: RunningServer, redis_server: RedisProcess
 ) -> None:
     redis_server.client().lpush("alist", b"x")
-    reply = next(
+    [reply] = list(
         redis_backed_server.stub.Pipeline(
             iter(
                 [
@@ -163,7 +163,7 @@ def test_oversized_batch_is_rejected(start_server: StartServer) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         list(server.stub.Pipeline(iter([pb.PipelineRequest(operations=ops)])))
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "limit is 10" in caught.value.details()
+    assert "limit is 10" in (caught.value.details() or "")
 
 
 def test_stats_reports_pool_breaker_and_hits(server: RunningServer) -> None:
@@ -198,7 +198,7 @@ def test_breaker_open_is_unavailable_with_retry_info_and_health_follows(
     with pytest.raises(grpc.RpcError) as caught:
         stub.Get(pb.GetRequest(key="k"))
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert "breaker" in caught.value.details()
+    assert "breaker" in (caught.value.details() or "")
     [retry] = details(caught.value)
     assert isinstance(retry, error_details_pb2.RetryInfo)
     assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
