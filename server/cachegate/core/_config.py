@@ -121,6 +121,7 @@ class LimitSettings:
     max_value_bytes: int = 1024 * 1024
     max_batch_ops: int = 10_000
     max_concurrent_rpcs: int = 1000
+    max_streams: int = 100
     max_receive_message_bytes: int = 16 * 1024 * 1024
 
 
@@ -291,6 +292,8 @@ SETTINGS: tuple[Setting, ...] = (
             "most operations in one Pipeline batch", _int(1)),
     Setting("CACHEGATE_MAX_CONCURRENT_RPCS", "limits", "max_concurrent_rpcs", "1000",
             "RPCs (streams included) in flight at once; more get RESOURCE_EXHAUSTED", _int(1)),
+    Setting("CACHEGATE_MAX_STREAMS", "limits", "max_streams", "100",
+            "Pipeline streams open at once; more get RESOURCE_EXHAUSTED", _int(1)),
     Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
             "16777216", "largest request message accepted", _int(1024)),
     Setting("REDIS_URL", "redis", "", "",
@@ -402,6 +405,13 @@ def load_config(env: Mapping[str, str]) -> Config:
     backend = sections[""]["backend"]
     if backend == "sentinel" and not sections["redis"]["sentinels"]:
         raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
+    limits = sections["limits"]
+    if limits["max_streams"] >= limits["max_concurrent_rpcs"]:
+        raise ConfigError(
+            f"CACHEGATE_MAX_STREAMS={limits['max_streams']!r}: must be below "
+            f"CACHEGATE_MAX_CONCURRENT_RPCS ({limits['max_concurrent_rpcs']}), or streams "
+            "could hold every server thread"
+        )
     retry = sections["retry"]
     if retry["backoff_cap"] < retry["backoff_base"]:
         raise ConfigError(

@@ -14,9 +14,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cachegate.core import Config
+from cachegate.core import CircuitState, Config
 from cachegate.pool import RedisConnectionPool
 from cachegate.service._health import SERVICE_NAME, HealthReporter
+from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
 from cachegate.v1 import cache_pb2, cache_pb2_grpc
 
@@ -58,6 +59,12 @@ class CacheServer:
         self.grpc_server.wait_for_termination()
 
 
+def _log_transition(old: CircuitState, new: CircuitState) -> None:
+    # The breaker calls each listener once per transition: one log line each.
+    level = logging.INFO if new is CircuitState.CLOSED else logging.WARNING
+    log.log(level, "breaker transition", extra={"from": old.value, "to": new.value})
+
+
 def create_server(
     config: Config,
     *,
@@ -66,6 +73,7 @@ def create_server(
     reuse_port: bool = False,
     worker_id: int = 0,
     workers: int = 1,
+    observer: RpcObserver | None = None,
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
@@ -89,8 +97,10 @@ def create_server(
         options=options,
     )
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
-        CacheServicer(pool, limits, worker_id=worker_id, workers=workers), server
+        CacheServicer(pool, limits, worker_id=worker_id, workers=workers, observer=observer),
+        server,
     )
+    pool.add_state_listener(_log_transition)
     health = HealthReporter(pool)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if config.server.reflection:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -12,10 +14,12 @@ import grpc
 from cachegate.core import CircuitState, LimitSettings
 from cachegate.pool import CacheError, RedisConnectionPool
 from cachegate.service._limits import check_key, check_ttl, check_value
+from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._status import (
     INTERNAL,
     InvalidArgumentError,
     Rejection,
+    TooBusyError,
     abort,
     code_number,
     status_for,
@@ -69,7 +73,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         *,
         worker_id: int = 0,
         workers: int = 1,
+        observer: RpcObserver | None = None,
     ) -> None:
+        self._observer: RpcObserver = observer or NullObserver()
+        # Each open stream holds a server thread for its whole life: bound them so
+        # streams can never take every thread away from unary calls.
+        self._streams = threading.BoundedSemaphore(limits.max_streams)
         self._pool = pool
         self._limits = limits
         self._worker_id = worker_id
@@ -102,22 +111,42 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     def Pipeline(
         self, request_iterator: Iterable[pb.PipelineRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PipelineResponse]:
-        # grpc hands us one request at a time and HTTP/2 flow control holds the rest
-        # back, so a fast sender never makes us buffer without bound.
-        for batch in request_iterator:
-            if len(batch.operations) > self._limits.max_batch_ops:
-                abort(
-                    context,
-                    _rejection(
+        self._observer.started("Pipeline")
+        start = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless the stream ends one of the ways below
+        if not self._streams.acquire(blocking=False):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._observer.handled("Pipeline", code, time.perf_counter() - start)
+            abort(
+                context,
+                _rejection(
+                    TooBusyError(
+                        f"{self._limits.max_streams} Pipeline streams are open already "
+                        "(CACHEGATE_MAX_STREAMS); retry later or batch more per stream"
+                    ),
+                    "Pipeline",
+                ),
+            )
+        try:
+            # grpc hands us one request at a time and HTTP/2 flow control holds the rest
+            # back, so a fast sender never makes us buffer without bound.
+            for batch in request_iterator:
+                if len(batch.operations) > self._limits.max_batch_ops:
+                    rejection = _rejection(
                         InvalidArgumentError(
                             "operations",
                             f"batch has {len(batch.operations)} operations; the limit is "
                             f"{self._limits.max_batch_ops}",
                         ),
                         "Pipeline",
-                    ),
-                )
-            yield self._run_batch(batch, context)
+                    )
+                    code = rejection.code
+                    abort(context, rejection)
+                yield self._run_batch(batch, context)
+            code = grpc.StatusCode.OK
+        finally:
+            self._streams.release()
+            self._observer.handled("Pipeline", code, time.perf_counter() - start)
 
     def _run_batch(
         self, batch: pb.PipelineRequest, context: grpc.ServicerContext
