@@ -64,7 +64,10 @@ class HealthReporter:
     def _on_breaker_change(self, old: CircuitState, new: CircuitState) -> None:
         if not self._ready.is_set():
             return
-        self.servicer.set(SERVICE_NAME, SERVING if new is CircuitState.CLOSED else NOT_SERVING)
+        # OPEN -> HALF_OPEN -> OPEN changes nothing for clients: send only real changes,
+        # so Watch streams see one NOT_SERVING per outage.
+        if (old is CircuitState.CLOSED) != (new is CircuitState.CLOSED):
+            self.servicer.set(SERVICE_NAME, SERVING if new is CircuitState.CLOSED else NOT_SERVING)
         self._wake.set()
 
     def _run(self) -> None:
