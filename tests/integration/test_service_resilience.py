@@ -179,7 +179,7 @@ def test_a_cancelled_stream_leaves_no_connection_and_no_stray_reply(
 
     call = server.stub.Pipeline(feed())
     requests.put(pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="mine"))]))
-    assert next(call).values[0] == b"mine"
+    assert next(iter(call)).values[0] == b"mine"
     redis_server.pause()
     requests.put(pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="mine"))]))
     wait_for(lambda: in_use(server) == 1, 2, "the batch to reach Redis")
@@ -221,7 +221,7 @@ def test_too_many_streams_is_resource_exhausted(start_server: StartServer) -> No
         q: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
         q.put(batch)
         call = server.stub.Pipeline(feed(q))
-        next(call)  # the stream is open and holds its slot
+        next(iter(call))  # the stream is open and holds its slot
         feeds.append(q)
         calls.append(call)
     with pytest.raises(grpc.RpcError) as caught:
