@@ -132,29 +132,47 @@ def test_pipeline_batches_answer_in_order_with_per_op_errors(server: RunningServ
     assert server.stub.Get(pb.GetRequest(key=f"{prefix}:bad")).found is False
 
 
-def test_pipeline_wrongtype_fails_only_its_own_result(
+def test_pipeline_redis_error_fails_only_its_own_result(
+    redis_backed_server: RunningServer, redis_server: RedisProcess
+) -> None:
+    stub = redis_backed_server.stub
+    stub.SetEx(pb.SetExRequest(key="kept", value=b"v", ttl_seconds=60))
+    admin = redis_server.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)  # every write is now refused with OOM, reads work
+    batch = pb.PipelineRequest(
+        operations=[
+            pb.Operation(get=pb.GetOperation(key="kept")),
+            pb.Operation(set_ex=pb.SetExOperation(key="new", value=b"1", ttl_seconds=9)),
+            pb.Operation(get=pb.GetOperation(key="kept")),
+        ]
+    )
+    [reply] = list(stub.Pipeline(iter([batch])))
+    assert list(reply.outcomes) == [pb.OUTCOME_VALUE, pb.OUTCOME_ERROR, pb.OUTCOME_VALUE]
+    assert list(reply.values) == [b"v", b"", b"v"]
+    [error] = reply.errors
+    assert error.index == 1
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "maxmemory" in error.message
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SetEx(pb.SetExRequest(key="new", value=b"1", ttl_seconds=9))
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    admin.config_set("maxmemory", 0)
+    assert redis_backed_server.server.pool.breaker.state.value == "closed"
+
+
+def test_wrongtype_unary_get_is_failed_precondition_batch_get_is_missing(
     redis_backed_server: RunningServer, redis_server: RedisProcess
 ) -> None:
     redis_server.client().lpush("alist", b"x")
-    [reply] = list(
-        redis_backed_server.stub.Pipeline(
-            iter(
-                [
-                    pb.PipelineRequest(
-                        operations=[
-                            pb.Operation(get=pb.GetOperation(key="alist")),
-                            pb.Operation(
-                                set_ex=pb.SetExOperation(key="ok", value=b"1", ttl_seconds=9)
-                            ),
-                        ]
-                    )
-                ]
-            )
-        )
-    )
-    assert list(reply.outcomes) == [pb.OUTCOME_ERROR, pb.OUTCOME_OK]
-    assert reply.errors[0].code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert "WRONGTYPE" in reply.errors[0].message
+    with pytest.raises(grpc.RpcError) as caught:
+        redis_backed_server.stub.Get(pb.GetRequest(key="alist"))
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "WRONGTYPE" in (caught.value.details() or "")
+    # In a batch, gets are served by MGET, which reads a non-string key as missing.
+    batch = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="alist"))])
+    [reply] = list(redis_backed_server.stub.Pipeline(iter([batch])))
+    assert list(reply.outcomes) == [pb.OUTCOME_NOT_FOUND]
 
 
 def test_oversized_batch_is_rejected(start_server: StartServer) -> None:

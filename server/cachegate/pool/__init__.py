@@ -15,6 +15,7 @@ from cachegate.pool._errors import (
     CacheError,
     CommandError,
     PoolExhaustedError,
+    RedisOutOfMemoryError,
     RedisTimeoutError,
     RedisUnavailableError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "CommandError",
     "PoolExhaustedError",
     "RedisConnectionPool",
+    "RedisOutOfMemoryError",
     "RedisTimeoutError",
     "RedisUnavailableError",
     "close_redis_pool",

@@ -9,6 +9,7 @@
      └── CacheError                       base of everything the pool raises but CircuitOpenError
           ├── RedisUnavailableError, RedisTimeoutError, PoolExhaustedError (above)
           └── CommandError                Redis answered with an error (WRONGTYPE, bad argument)
+               └── RedisOutOfMemoryError  Redis is at maxmemory and refuses writes (OOM)
 
 RedisUnavailableError and RedisTimeoutError also subclass redis-py's ConnectionError
 and TimeoutError, so code written against redis-py keeps catching them.
@@ -26,6 +27,7 @@ __all__ = [
     "CommandError",
     "ErrorKind",
     "PoolExhaustedError",
+    "RedisOutOfMemoryError",
     "RedisTimeoutError",
     "RedisUnavailableError",
     "classify",
@@ -50,6 +52,10 @@ class PoolExhaustedError(CacheError, builtins.ConnectionError):
 
 class CommandError(CacheError):
     """Redis rejected the command (WRONGTYPE, wrong arguments, ...): the server is fine."""
+
+
+class RedisOutOfMemoryError(CommandError):
+    """Redis reached maxmemory (with a no-eviction policy) and refused a write."""
 
 
 class ErrorKind(Enum):
@@ -87,4 +93,6 @@ def translate(exc: BaseException, kind: ErrorKind) -> CacheError:
         return RedisUnavailableError(f"Redis is unavailable: {exc}")
     if kind is ErrorKind.CAPACITY:
         return PoolExhaustedError(f"no Redis connection free: {exc}")
+    if isinstance(exc, rex.OutOfMemoryError):
+        return RedisOutOfMemoryError(str(exc))
     return CommandError(str(exc))

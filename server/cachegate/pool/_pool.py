@@ -121,32 +121,48 @@ class RedisConnectionPool:
         has one entry per command, in order: the reply, or a CommandError for a
         command Redis rejected (its neighbours are unaffected). An outage fails
         the batch as a whole; it is retried only when every command is idempotent.
+        Command names must be upper case here (the hot path does not normalise them).
+        Runs of GETs may be served by one MGET, where a key holding another type
+        reads as None instead of failing with WRONGTYPE.
         """
         if not commands:
             return []
+        names = {command[0] for command in commands}
         replies = self._with_retries(
             lambda read_timeout: self._backend.run_batch(commands, read_timeout),
             Deadline.after(timeout, self._clock),
-            retryable=all(str(c[0]).upper() in IDEMPOTENT for c in commands),
+            retryable=all(str(name).upper() in IDEMPOTENT for name in names),
         )
         hits = misses = 0
-        results: list[Any] = []
-        for command, reply in zip(commands, replies, strict=True):
+        for index, (command, reply) in enumerate(zip(commands, replies, strict=True)):
             if isinstance(reply, Exception):
-                kind = classify(reply) or ErrorKind.REPLY
-                error = translate(reply, kind)
+                error = translate(reply, classify(reply) or ErrorKind.REPLY)
                 error.__cause__ = reply
-                results.append(error)
-                continue
-            if str(command[0]).upper() == "GET":
+                replies[index] = error
+            elif command[0] == "GET":
                 if reply is None:
                     misses += 1
                 else:
                     hits += 1
-            results.append(reply)
         if hits or misses:
             self._counters.reads(hits, misses)
-        return results
+        return replies
+
+    def get_many(self, keys: Sequence[str | bytes], *, timeout: float | None = None) -> list[Any]:
+        """Read many keys in one round trip (MGET; slot by slot on Cluster); None for a miss.
+
+        A key holding another type reads as None (MGET's rule), not as WRONGTYPE.
+        """
+        if not keys:
+            return []
+        values: list[Any] = self._with_retries(
+            lambda read_timeout: self._backend.get_many(keys, read_timeout),
+            Deadline.after(timeout, self._clock),
+            retryable=True,
+        )
+        misses = values.count(None)
+        self._counters.reads(len(values) - misses, misses)
+        return values
 
     @contextlib.contextmanager
     def get_client(self, timeout: float | None = None) -> Iterator[redis.Redis | RedisCluster]:

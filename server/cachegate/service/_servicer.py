@@ -34,6 +34,9 @@ log = logging.getLogger("cachegate.service")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
+_INVALID_ARGUMENT = code_number(grpc.StatusCode.INVALID_ARGUMENT)
+_VALUE, _NOT_FOUND, _EMPTY = pb.OUTCOME_VALUE, pb.OUTCOME_NOT_FOUND, b""
+
 _CIRCUIT_STATES = {
     CircuitState.CLOSED: pb.CIRCUIT_STATE_CLOSED,
     CircuitState.OPEN: pb.CIRCUIT_STATE_OPEN,
@@ -151,23 +154,34 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     def _run_batch(
         self, batch: pb.PipelineRequest, context: grpc.ServicerContext
     ) -> pb.PipelineResponse:
-        size = len(batch.operations)
+        operations = batch.operations
+        size = len(operations)
+        short_key = self._limits.max_key_bytes // 4
+        if size:
+            # Reading op.get of any other kind of operation gives the empty default, so a
+            # batch whose keys are all non-empty is a batch of gets only.
+            keys = [op.get.key for op in operations]
+            if min(map(len, keys)) > 0 and max(map(len, keys)) <= short_key:
+                return self._get_batch(keys, context)
         outcomes = [pb.OUTCOME_UNSPECIFIED] * size
         values = [b""] * size
         errors: list[tuple[int, int, str]] = []
         commands: list[tuple[Any, ...]] = []
         positions: list[int] = []
-        kinds: list[str] = []
-        for index, op in enumerate(batch.operations):
-            kind = op.WhichOneof("op")
+        for index, op in enumerate(operations):
+            if op.WhichOneof("op") == "get":
+                key = op.get.key
+                if key and len(key) <= short_key:
+                    commands.append(("GET", key))
+                    positions.append(index)
+                    continue
             try:
-                commands.append(self._command(index, kind, op))
+                commands.append(self._command(index, op))
             except InvalidArgumentError as exc:
                 outcomes[index] = pb.OUTCOME_ERROR
-                errors.append((index, code_number(grpc.StatusCode.INVALID_ARGUMENT), str(exc)))
+                errors.append((index, _INVALID_ARGUMENT, str(exc)))
                 continue
             positions.append(index)
-            kinds.append(kind or "")
         try:
             replies = self._pool.execute_many(commands, timeout=context.time_remaining())
         except Exception as exc:
@@ -176,20 +190,21 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 outcomes[index] = pb.OUTCOME_ERROR
                 errors.append((index, code_number(rejection.code), rejection.message))
             replies = []
-        for index, kind, reply in zip(positions, kinds, replies, strict=False):
+        for index, command, reply in zip(positions, commands, replies, strict=False):
+            name = command[0]
             if isinstance(reply, CacheError):
                 rejection = _rejection(reply, "Pipeline")
                 outcomes[index] = pb.OUTCOME_ERROR
                 errors.append((index, code_number(rejection.code), rejection.message))
-            elif kind == "get":
+            elif name == "GET":
                 if reply is None:
                     outcomes[index] = pb.OUTCOME_NOT_FOUND
                 else:
                     outcomes[index] = pb.OUTCOME_VALUE
                     values[index] = reply
-            elif kind == "set_ex":
+            elif name == "SETEX":
                 outcomes[index] = pb.OUTCOME_OK
-            else:  # delete
+            else:  # DEL
                 outcomes[index] = pb.OUTCOME_OK if reply else pb.OUTCOME_NOT_FOUND
         errors.sort()
         return pb.PipelineResponse(
@@ -198,8 +213,29 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
         )
 
-    def _command(self, index: int, kind: str | None, op: pb.Operation) -> tuple[Any, ...]:
+    def _get_batch(self, keys: list[str], context: grpc.ServicerContext) -> pb.PipelineResponse:
+        """A batch of valid gets only (the common read path): one multi-key read."""
+        try:
+            found = self._pool.get_many(keys, timeout=context.time_remaining())
+        except Exception as exc:
+            rejection = _rejection(exc, "Pipeline")
+            code, message = code_number(rejection.code), rejection.message
+            return pb.PipelineResponse(
+                outcomes=[pb.OUTCOME_ERROR] * len(keys),
+                values=[b""] * len(keys),
+                errors=[
+                    pb.OperationError(index=i, code=code, message=message) for i in range(len(keys))
+                ],
+            )
+        return pb.PipelineResponse(
+            outcomes=[_NOT_FOUND if v is None else _VALUE for v in found],
+            values=[_EMPTY if v is None else v for v in found],
+        )
+
+    def _command(self, index: int, op: pb.Operation) -> tuple[Any, ...]:
+        """The Redis command of one operation, checked against the limits."""
         where = f"operations[{index}]"
+        kind = op.WhichOneof("op")
         if kind == "get":
             return ("GET", check_key(op.get.key, self._limits, f"{where}.get.key"))
         if kind == "set_ex":

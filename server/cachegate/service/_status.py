@@ -8,6 +8,7 @@
 | Redis too slow, or the caller's deadline   | DEADLINE_EXCEEDED   |                      |
 | no pool connection within the wait timeout | RESOURCE_EXHAUSTED  |                      |
 | too many streams / RPCs                    | RESOURCE_EXHAUSTED  |                      |
+| Redis at maxmemory refuses a write (OOM)   | RESOURCE_EXHAUSTED  |                      |
 | Redis rejected the command (WRONGTYPE)     | FAILED_PRECONDITION |                      |
 
 Anything else is a bug and gives INTERNAL with a generic message (the details
@@ -28,6 +29,7 @@ from cachegate.core import CircuitOpenError
 from cachegate.pool import (
     CommandError,
     PoolExhaustedError,
+    RedisOutOfMemoryError,
     RedisTimeoutError,
     RedisUnavailableError,
 )
@@ -106,6 +108,8 @@ def status_for(exc: BaseException) -> Rejection | None:
         return Rejection(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, PoolExhaustedError | TooBusyError):
         return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, RedisOutOfMemoryError):
+        return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Redis is out of memory: {exc}")
     if isinstance(exc, CommandError):
         return Rejection(grpc.StatusCode.FAILED_PRECONDITION, f"Redis rejected it: {exc}")
     return None
