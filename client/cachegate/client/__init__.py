@@ -1,6 +1,14 @@
-"""The thin cachegate client: needs only grpcio and protobuf."""
+"""The thin cachegate client: needs only grpcio and protobuf.
 
-from cachegate.client._client import DEFAULT_TARGET, CacheClient
+- `CacheClient`: the typed client (get, set_ex, delete, pipeline, stream, stats, health).
+- `RedisCache`: the migration guide's compatibility API (one import to change).
+- `NearCache`: an opt-in local cache with bounded size and staleness.
+- Operations `Get`, `SetEx`, `Delete` and their `Result`s for pipelines.
+- Exceptions, mapped from gRPC status codes in `cachegate.client._errors`.
+"""
+
+from cachegate.client._client import DEFAULT_TARGET, SERVICE_NAME, CacheClient, HealthStatus
+from cachegate.client._compat import RedisCache
 from cachegate.client._errors import (
     CacheClientError,
     CacheUnavailableError,
@@ -10,15 +18,27 @@ from cachegate.client._errors import (
     ResourceExhaustedError,
     ServerError,
 )
+from cachegate.client._near import NearCache, NearCacheStats
+from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
 
 __all__ = [
     "DEFAULT_TARGET",
+    "SERVICE_NAME",
     "CacheClient",
     "CacheClientError",
     "CacheUnavailableError",
     "DeadlineExceededError",
+    "Delete",
     "FailedPreconditionError",
+    "Get",
+    "HealthStatus",
     "InvalidRequestError",
+    "NearCache",
+    "NearCacheStats",
+    "Operation",
+    "RedisCache",
     "ResourceExhaustedError",
+    "Result",
     "ServerError",
+    "SetEx",
 ]

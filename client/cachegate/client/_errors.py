@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import grpc
 
+from cachegate.client._wire import STATUS_DETAILS_KEY, retry_after_seconds
+
 __all__ = [
     "CacheClientError",
     "CacheUnavailableError",
@@ -23,20 +25,29 @@ __all__ = [
     "InvalidRequestError",
     "ResourceExhaustedError",
     "ServerError",
+    "error_for",
     "from_rpc_error",
+    "status_code",
 ]
 
 
 class CacheClientError(Exception):
     """Base class; `code` is the gRPC status code the server (or channel) gave."""
 
-    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+    def __init__(
+        self, message: str, code: grpc.StatusCode, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
 
 
 class CacheUnavailableError(CacheClientError, ConnectionError):
-    """The service or its Redis is unavailable right now; retrying later may work."""
+    """The service or its Redis is unavailable right now; retrying later may work.
+
+    `retry_after` is the server's hint (google.rpc.RetryInfo) in seconds: how long
+    until its circuit breaker lets calls through again. None when it gave none.
+    """
 
 
 class DeadlineExceededError(CacheClientError, TimeoutError):
@@ -68,8 +79,25 @@ _BY_CODE: dict[grpc.StatusCode, type[CacheClientError]] = {
 }
 
 
+def error_for(code: grpc.StatusCode, message: str) -> CacheClientError:
+    """Our exception for a status code (also used for per-operation Pipeline errors)."""
+    return _BY_CODE.get(code, ServerError)(message or code.name, code)
+
+
 def from_rpc_error(error: grpc.RpcError) -> CacheClientError:
     """Our exception for a failed call (raise it `from error`)."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
-    return _BY_CODE.get(code, ServerError)(details, code)
+    retry_after = None
+    for metadatum in error.trailing_metadata() or ():
+        if metadatum.key == STATUS_DETAILS_KEY and isinstance(metadatum.value, bytes):
+            retry_after = retry_after_seconds(metadatum.value)
+    return _BY_CODE.get(code, ServerError)(details, code, retry_after=retry_after)
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode for a google.rpc.Code number (UNKNOWN if out of range)."""
+    return _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

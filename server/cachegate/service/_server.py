@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -74,6 +76,7 @@ def create_server(
     worker_id: int = 0,
     workers: int = 1,
     observer: RpcObserver | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
@@ -86,6 +89,10 @@ def create_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
         ("grpc.max_send_message_length", limits.max_receive_message_bytes),
+        # Accept client keepalive pings every 10 s (the default, 5 min, makes gRPC
+        # close the connection of a client that keeps a quiet stream alive).
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
     # One thread per admitted RPC: a stream holds its thread for its whole life, so
     # fewer threads than admitted RPCs would let streams starve unary calls.
@@ -95,6 +102,7 @@ def create_server(
         ),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         options=options,
+        interceptors=list(interceptors) or None,
     )
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
         CacheServicer(pool, limits, worker_id=worker_id, workers=workers, observer=observer),

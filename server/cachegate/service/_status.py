@@ -17,6 +17,7 @@ go to the log, never to the caller).
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ class TooBusyError(Exception):
     """The server's own limit (streams in flight) is reached."""
 
 
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status
+):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A status to send, with its rich details already packed."""
@@ -70,12 +77,19 @@ class Rejection:
     code: grpc.StatusCode
     message: str
     details: tuple[error_details_pb2.RetryInfo | error_details_pb2.BadRequest, ...] = ()
+    # Extra trailers, e.g. grpc-retry-pushback-ms for clients' transparent retries.
+    trailers: tuple[tuple[str, str], ...] = ()
 
     def to_status(self) -> grpc.Status:
         status = status_pb2.Status(code=self.code.value[0], message=self.message)
         for detail in self.details:
             status.details.add().Pack(detail)
-        return rpc_status.to_status(status)
+        packed = rpc_status.to_status(status)
+        return _Status(packed.code, packed.details, (*packed.trailing_metadata, *self.trailers))
+
+
+# Longest breaker wait a client's transparent retry may sit out (seconds).
+PUSHBACK_LIMIT = 1.0
 
 
 def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
@@ -97,10 +111,14 @@ def status_for(exc: BaseException) -> Rejection | None:
             (error_details_pb2.BadRequest(field_violations=[violation]),),
         )
     if isinstance(exc, CircuitOpenError):
+        # gRPC clients with a retry policy honour this trailer: wait out a short
+        # open period, but do not retry at all into a long one (-1).
+        pushback = int(exc.retry_after * 1000) if exc.retry_after < PUSHBACK_LIMIT else -1
         return Rejection(
             grpc.StatusCode.UNAVAILABLE,
             f"Redis circuit breaker is {exc.state.value}; retry after {exc.retry_after:.3f}s",
             (_retry_info(exc.retry_after),),
+            (("grpc-retry-pushback-ms", str(pushback)),),
         )
     if isinstance(exc, RedisTimeoutError):
         return Rejection(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))

@@ -1,0 +1,87 @@
+"""A near cache: the migration guide's "local caching for hot data", done right.
+
+Not `functools.lru_cache`: entries expire (bounded staleness), the size is
+bounded (least recently used goes first), misses are not cached (a key written
+elsewhere shows up as soon as it exists), the client's own writes and deletes
+invalidate it, and it counts hits and misses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["NearCache", "NearCacheStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class NearCacheStats:
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+    @property
+    def hit_rate(self) -> float:
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else 0.0
+
+
+class NearCache:
+    """Thread-safe LRU of values read through the client, each kept at most `ttl` seconds.
+
+    Another process's write to a key can stay invisible here for up to `ttl`
+    seconds: choose `ttl` as the staleness you accept.
+    """
+
+    def __init__(
+        self, maxsize: int = 1000, ttl: float = 1.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        if not ttl > 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
+        self.maxsize = maxsize
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        """The cached value, or None when absent or expired (a near-cache miss)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] <= now:
+                if entry is not None:
+                    del self._entries[key]
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return entry[1]
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Remember a value read or written now; `ttl` can only shorten the entry's life."""
+        life = self.ttl if ttl is None else min(self.ttl, ttl)
+        with self._lock:
+            self._entries[key] = (self._clock() + life, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def stats(self) -> NearCacheStats:
+        with self._lock:
+            return NearCacheStats(self._hits, self._misses, len(self._entries), self.maxsize)
