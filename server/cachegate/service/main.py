@@ -1,7 +1,12 @@
 """`cachegate-server`: the entry point. The only module that reads the environment.
 
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad setting
-(one line naming the variable), 1 when the server cannot start (port taken).
+(one line naming the variable), 1 when the server cannot start (port taken) or,
+in worker mode, when a worker failed or kept dying.
+
+One process serves when one worker is planned (CACHEGATE_WORKERS=1, one CPU, or the
+embedded memory backend); otherwise a supervisor forks the workers (`_workers.py`)
+before any gRPC object exists, and each worker runs `run()` below.
 """
 
 from __future__ import annotations
@@ -14,11 +19,18 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cachegate.core import SETTINGS, Config, ConfigError, load_config
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from cachegate.service._http import HttpSidePort
+    from cachegate.service._metrics import ServerMetrics
+    from cachegate.service._server import CacheServer
+
+__all__ = ["Service", "build_service", "main", "run"]
 
 log = logging.getLogger("cachegate")
 
@@ -69,15 +81,63 @@ def _configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
-def run(config: Config) -> int:
-    """Run one server process until SIGTERM/SIGINT; returns the exit code."""
-    from cachegate.service._server import AddressInUseError, create_server
+@dataclass
+class Service:
+    """One process's servers: gRPC, its metrics, and the HTTP side port (if any)."""
 
-    try:
-        server, port = create_server(config)
-    except AddressInUseError as exc:
-        log.error("cannot start", extra={"reason": str(exc)})
-        return 1
+    server: CacheServer
+    port: int
+    metrics: ServerMetrics
+    http: HttpSidePort | None
+
+    def start(self) -> None:
+        self.server.start()
+        if self.http is not None:
+            self.http.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """gRPC first (NOT_SERVING, grace, pool closed), then the side port."""
+        self.server.stop(grace)
+        if self.http is not None:
+            self.http.stop()
+
+
+def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Service:
+    """Build (not start) the gRPC server with metrics and the side port.
+
+    Raises AddressInUseError or HttpListenError (both OSError) when an address is
+    taken; nothing is left open then.
+    """
+    from cachegate.pool import RedisConnectionPool
+    from cachegate.service._http import HttpSidePort
+    from cachegate.service._metrics import ServerMetrics
+    from cachegate.service._server import create_server
+
+    pool = RedisConnectionPool(config)
+    metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
+    server, port = create_server(
+        config,
+        pool=pool,
+        reuse_port=workers > 1,
+        worker_id=worker_id,
+        workers=workers,
+        observer=metrics.observer,
+        interceptors=metrics.interceptors,
+    )
+    http = None
+    if config.server.http_listen is not None:
+        try:
+            http = HttpSidePort(
+                config.server.http_listen, registry=metrics.registry, health=pool.health_check
+            )
+        except OSError:
+            server.stop(grace=0)
+            raise
+    return Service(server, port, metrics, http)
+
+
+def install_stop_handlers() -> threading.Event:
+    """SIGTERM and SIGINT set the returned event (main thread only)."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -85,24 +145,53 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.start()
+    return stop
+
+
+def run(
+    config: Config,
+    *,
+    worker_id: int = 0,
+    workers: int = 1,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run one server process until `stop` is set (by default: SIGTERM/SIGINT)."""
+    if stop is None:
+        stop = install_stop_handlers()
+    try:
+        service = build_service(config, worker_id=worker_id, workers=workers)
+    except OSError as exc:  # AddressInUseError, HttpListenError
+        log.error("cannot start", extra={"reason": str(exc)})
+        return 1
+    service.start()
     log.info(
         "serving",
         extra={
             "listen": config.server.listen,
-            "port": port,
+            "port": service.port,
+            "http_port": service.http.port if service.http is not None else None,
             "backend": config.backend,
             "redis": config.redis.redacted_url if config.backend != "memory" else "embedded",
+            "max_connections": config.pool.max_connections,
         },
     )
     stop.wait()
     log.info("shutting down", extra={"grace_seconds": config.server.grace_seconds})
-    server.stop()
+    service.stop()
     log.info("stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    from prometheus_client import disable_created_metrics
+
+    from cachegate.service._workers import (
+        Supervisor,
+        available_cpus,
+        check_worker_mode,
+        plan_workers,
+    )
+
     _parser().parse_args(argv)
     try:
         config = load_config(os.environ if env is None else env)
@@ -110,7 +199,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cachegate-server: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.server.log_level)
-    return run(config)
+    # Counters' *_created series double /metrics for no use on a Prometheus server.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    plan = plan_workers(config, available_cpus())
+    plan.log()
+    if plan.workers == 1:
+        return run(config)
+    # Import (never build) what the workers run before forking: they share the
+    # modules and start at once. Importing grpc creates no thread and no gRPC object.
+    import cachegate.service._http
+    import cachegate.service._metrics
+    import cachegate.service._server  # noqa: F401
+
+    try:
+        check_worker_mode(config, plan)
+    except ConfigError as exc:
+        print(f"cachegate-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return Supervisor(config, plan, run).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,365 @@
+"""Prometheus metrics: RPC metrics from the servicer's observer hook, pool figures at scrape time.
+
+Two sources, two costs:
+
+- RPC metrics (go-grpc-prometheus names) are counted as RPCs happen, through the
+  `RpcObserver` hook the servicer calls twice per RPC. Every label child is bound
+  up front, so an RPC costs two dict look-ups, two counter increments and one
+  histogram observation (about 1 µs).
+- Pool, breaker and call figures are NOT counted on the hot path: `PoolCollector`
+  reads `pool.get_stats()` (no Redis call) when Prometheus scrapes.
+
+Only breaker transitions are counted as they happen (a state listener), because
+get_stats() keeps one total, not one per (from, to) pair.
+
+Each `ServerMetrics` owns its own `CollectorRegistry` (never the global one), so a
+test process can build many servers, and every series carries a `worker` label
+(the worker id, "0" in single-process mode): in worker mode each worker serves its
+own figures on its own side port, see the README's "Metrics" section.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from cachegate.core import CircuitState
+from cachegate.pool import RedisConnectionPool
+from cachegate.service._observe import RpcObserver
+from cachegate.v1 import cache_pb2
+
+__all__ = [
+    "BREAKER_STATE_VALUES",
+    "GRPC_SERVICE",
+    "HANDLING_BUCKETS",
+    "PoolCollector",
+    "PrometheusObserver",
+    "ServerMetrics",
+    "UnaryObserverInterceptor",
+]
+
+_SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
+GRPC_SERVICE: str = _SERVICE.full_name  # "cachegate.v1.CacheService"
+
+# cachegate_breaker_state's value per state (get_stats()["circuit_state"] strings).
+BREAKER_STATE_VALUES: dict[str, int] = {
+    CircuitState.CLOSED.value: 0,
+    CircuitState.HALF_OPEN.value: 1,
+    CircuitState.OPEN.value: 2,
+}
+
+# A cached unary call takes ~200 µs, so Prometheus's default buckets (5 ms .. 10 s)
+# would put nearly every RPC in the first one. These start at 100 µs.
+HANDLING_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+# The transitions a breaker makes on its own; forced ones are bound when first seen.
+_TRANSITIONS = (
+    (CircuitState.CLOSED, CircuitState.OPEN),
+    (CircuitState.OPEN, CircuitState.HALF_OPEN),
+    (CircuitState.HALF_OPEN, CircuitState.CLOSED),
+    (CircuitState.HALF_OPEN, CircuitState.OPEN),
+)
+
+
+def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
+    if client_streaming and server_streaming:
+        return "bidi_stream"
+    if client_streaming:
+        return "client_stream"
+    if server_streaming:
+        return "server_stream"
+    return "unary"
+
+
+# method name -> grpc_type, straight from the contract.
+_METHOD_TYPES: dict[str, str] = {
+    m.name: _grpc_type(m.client_streaming, m.server_streaming) for m in _SERVICE.methods
+}
+
+
+class PrometheusObserver:
+    """An `RpcObserver` keeping go-grpc-prometheus's three server metrics.
+
+    grpc_server_started_total{grpc_type,grpc_service,grpc_method}
+    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
+    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method} (histogram)
+
+    plus the `worker` label. `grpc_code` is the status code's name as grpc-python
+    spells it ("OK", "INVALID_ARGUMENT"). Every (method, code) series exists from
+    the start at 0, as go-grpc-prometheus pre-initialises them, so rate() and
+    absent() work before the first error.
+    """
+
+    __slots__ = ("_handled", "_handled_family", "_handling", "_labels", "_started", "_worker")
+
+    def __init__(self, registry: CollectorRegistry, *, worker: str = "0") -> None:
+        common = ["grpc_type", "grpc_service", "grpc_method", "worker"]
+        started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            common,
+            registry=registry,
+        )
+        self._handled_family = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*common[:3], "grpc_code", "worker"],
+            registry=registry,
+        )
+        handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            common,
+            buckets=HANDLING_BUCKETS,
+            registry=registry,
+        )
+        self._worker = worker
+        self._started: dict[str, Any] = {}
+        self._handling: dict[str, Any] = {}
+        self._handled: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._labels = (started, handling)
+        for method in _METHOD_TYPES:
+            self._bind(method)
+
+    def _bind(self, method: str) -> None:
+        started, handling = self._labels
+        grpc_type = _METHOD_TYPES.get(method, "unary")
+        labels = (grpc_type, GRPC_SERVICE, method, self._worker)
+        self._started[method] = started.labels(*labels)
+        self._handling[method] = handling.labels(*labels)
+        for code in grpc.StatusCode:
+            self._handled[(method, code)] = self._handled_family.labels(
+                grpc_type, GRPC_SERVICE, method, code.name, self._worker
+            )
+
+    # --- the hot path: called twice per RPC ----------------------------------------
+
+    def started(self, method: str) -> None:
+        try:
+            self._started[method].inc()
+        except KeyError:  # a method the contract did not have when we started
+            self._bind(method)
+            self._started[method].inc()
+
+    def handled(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        try:
+            self._handled[(method, code)].inc()
+        except KeyError:
+            self._bind(method)
+            self._handled[(method, code)].inc()
+        self._handling[method].observe(seconds)
+
+
+if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc's runtime classes are not
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Handler = grpc.RpcMethodHandler
+    _Interceptor = grpc.ServerInterceptor
+
+
+def _code(context: Any) -> grpc.StatusCode | None:
+    # ServicerContext.code() exists since grpcio 1.38; grpc-stubs does not know it.
+    code: grpc.StatusCode | None = context.code()
+    return code
+
+
+class UnaryObserverInterceptor(_Interceptor):
+    """Reports the unary RPCs to an `RpcObserver` (the servicer reports only Pipeline).
+
+    `_observe.py` meant the servicer's `_unary` wrapper to call the observer, but
+    today only `Pipeline` does; this interceptor covers the unary methods until it
+    does. Should the servicer start reporting unary calls itself, drop this
+    interceptor, or every unary RPC counts twice (test_metrics.py would catch it:
+    it checks exact counts).
+
+    The wrapped handler is built once per method and cached, so an RPC pays one
+    dict look-up here, not a handler lookup and a new handler.
+    """
+
+    def __init__(self, observer: RpcObserver) -> None:
+        self._observer = observer
+        self._names = {
+            f"/{GRPC_SERVICE}/{method}": method
+            for method, grpc_type in _METHOD_TYPES.items()
+            if grpc_type == "unary"
+        }
+        self._wrapped: dict[str, _Handler] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        path = handler_call_details.method
+        wrapped = self._wrapped.get(path)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(handler_call_details)
+        name = self._names.get(path)
+        if name is None or handler is None or handler.unary_unary is None:
+            return handler
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._observed(name, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[path] = wrapped
+        return wrapped
+
+    def _observed(
+        self, name: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        started, handled = self._observer.started, self._observer.handled
+        clock = time.perf_counter
+        ok, unknown = grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN
+        code = _code
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            started(name)
+            start = clock()
+            try:
+                response = behavior(request, context)
+            except BaseException:
+                # abort() set the code before raising; anything else is UNKNOWN to grpc.
+                handled(name, code(context) or unknown, clock() - start)
+                raise
+            handled(name, code(context) or ok, clock() - start)
+            return response
+
+        return observed
+
+
+class PoolCollector:
+    """Pool, breaker and call figures, read from `pool.get_stats()` at scrape time.
+
+    Connection figures follow OpenTelemetry's `db.client.connection.*` semantic
+    conventions in Prometheus form; breaker and call figures are `cachegate_*`.
+    """
+
+    def __init__(self, pool: RedisConnectionPool, *, worker: str = "0", workers: int = 1) -> None:
+        self._pool = pool
+        self._worker = worker
+        self._workers = str(workers)
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._pool.get_stats()
+        w = self._worker
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["worker"])
+            family.add_metric([w], value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["worker"])
+            family.add_metric([w], value)
+            return family
+
+        info = GaugeMetricFamily(
+            "cachegate_info",
+            "Always 1: the backend kind and how many worker processes serve the port.",
+            labels=["backend", "workers", "worker"],
+        )
+        info.add_metric([stats["backend"], self._workers, w], 1)
+        yield info
+
+        count = GaugeMetricFamily(
+            "db_client_connection_count",
+            "Redis connections currently open, by state (idle in the pool, or used).",
+            labels=["state", "worker"],
+        )
+        count.add_metric(["idle", w], stats["available_connections"])
+        count.add_metric(["used", w], stats["in_use_connections"])
+        yield count
+        yield gauge(
+            "db_client_connection_max",
+            "Most Redis connections this process may open (REDIS_MAX_CONNECTIONS, per worker).",
+            stats["max_connections"],
+        )
+        yield gauge(
+            "db_client_connection_pending_requests",
+            "Calls waiting for a free Redis connection right now.",
+            stats["pending_requests"],
+        )
+        yield counter(
+            "db_client_connection_timeouts",
+            "Calls that found no free connection within REDIS_POOL_TIMEOUT.",
+            stats["pool_wait_timeouts"],
+        )
+        yield counter(
+            "db_client_connection_wait_time_seconds",
+            "Seconds calls spent waiting for a free connection, summed.",
+            stats["wait_seconds_total"],
+        )
+
+        yield gauge(
+            "cachegate_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            BREAKER_STATE_VALUES[stats["circuit_state"]],
+        )
+        yield gauge(
+            "cachegate_breaker_consecutive_failures",
+            "Outage-class failures in a row (the breaker opens at REDIS_FAILURE_THRESHOLD).",
+            stats["consecutive_failures"],
+        )
+        yield counter(
+            "cachegate_breaker_opened",
+            "Times the breaker opened.",
+            stats["breaker_opened_total"],
+        )
+        yield counter(
+            "cachegate_breaker_rejected",
+            "Calls the open breaker rejected without touching Redis.",
+            stats["rejected_calls"],
+        )
+        yield counter(
+            "cachegate_redis_calls",
+            "Attempts sent to Redis (each retry counts), batches as one.",
+            stats["calls"],
+        )
+        yield counter(
+            "cachegate_redis_failures",
+            "Attempts that failed with an outage-class error (refused, reset, timed out).",
+            stats["failures"],
+        )
+        yield counter(
+            "cachegate_redis_retries",
+            "Retries of idempotent commands after an outage-class error.",
+            stats["retries"],
+        )
+        yield counter("cachegate_cache_hits", "Reads that found their key.", stats["hits"])
+        yield counter("cachegate_cache_misses", "Reads that found no value.", stats["misses"])
+
+
+class ServerMetrics:
+    """Everything one server process exports: its registry, observer and collectors."""
+
+    def __init__(self, pool: RedisConnectionPool, *, worker_id: int = 0, workers: int = 1) -> None:
+        worker = str(worker_id)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.observer = PrometheusObserver(self.registry, worker=worker)
+        self.interceptors: tuple[_Interceptor, ...] = (UnaryObserverInterceptor(self.observer),)
+        self.registry.register(PoolCollector(pool, worker=worker, workers=workers))
+        self._transitions = Counter(
+            "cachegate_breaker_transitions_total",
+            "Circuit breaker state changes, by from and to state.",
+            ["from", "to", "worker"],
+            registry=self.registry,
+        )
+        self._worker = worker
+        for old, new in _TRANSITIONS:
+            self._transitions.labels(old.value, new.value, worker)
+        pool.add_state_listener(self._on_transition)
+
+    def _on_transition(self, old: CircuitState, new: CircuitState) -> None:
+        self._transitions.labels(old.value, new.value, self._worker).inc()
