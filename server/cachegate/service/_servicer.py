@@ -55,15 +55,23 @@ def _rejection(exc: BaseException, method: str) -> Rejection:
 def _unary(
     method: Callable[[CacheServicer, Req, grpc.ServicerContext], Resp],
 ) -> Callable[[CacheServicer, Req, grpc.ServicerContext], Resp]:
-    """Turn every exception of a unary method into its status, in one place."""
+    """Turn every exception of a unary method into its status, and report the RPC."""
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: CacheServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+        observer = self._observer
+        observer.started(name)
+        start = time.perf_counter()
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
         except Exception as exc:
-            abort(context, _rejection(exc, method.__name__))
+            rejection = _rejection(exc, name)
+            observer.handled(name, rejection.code, time.perf_counter() - start)
+            abort(context, rejection)
             raise AssertionError("abort() returned") from exc  # pragma: no cover
+        observer.handled(name, grpc.StatusCode.OK, time.perf_counter() - start)
+        return response
 
     return wrapper
 
