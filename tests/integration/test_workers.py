@@ -1,0 +1,431 @@
+"""Worker mode: `cachegate-server` as a real process tree sharing one port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cachegate.core import ConfigError, load_config
+from cachegate.service._workers import (
+    RESTART_LIMIT,
+    RestartBudget,
+    check_worker_mode,
+    plan_workers,
+    worker_config,
+)
+from cachegate.v1 import cache_pb2 as pb
+from cachegate.v1 import cache_pb2_grpc
+from redisprocs import RedisProcess, free_port
+
+SERVER = str(Path(sys.executable).parent / "cachegate-server")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A `cachegate-server` subprocess whose JSON log goes to a file we can read any time."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [SERVER], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=err
+            )
+
+    def logs(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entries.append(json.loads(line))
+        return entries
+
+    def messages(self, msg: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs() if entry.get("msg") == msg]
+
+    def worker_pids(self) -> dict[int, int]:
+        """worker id -> pid of its latest start."""
+        return {e["worker_id"]: e["pid"] for e in self.messages("worker started")}
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str]) -> ServerProcess:
+        server = ServerProcess(env, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        pids = list(server.worker_pids().values())
+        server.kill()  # SIGKILL of the supervisor only: its workers must go by themselves
+        for pid in pids:  # ...but never leave one behind if a test failed half-way
+            with contextlib.suppress(ProcessLookupError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 free as well (worker i serves HTTP on p + i)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def stats(target: str) -> pb.StatsResponse:
+    with grpc.insecure_channel(target) as channel:
+        reply: pb.StatsResponse = cache_pb2_grpc.CacheServiceStub(channel).Stats(
+            pb.StatsRequest(), timeout=5
+        )
+        return reply
+
+
+def worker_ids(target: str, server: ServerProcess, want: set[int], timeout: float = 30) -> set[int]:
+    """Worker ids that answered Stats, each over a fresh channel, until all of `want` did."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    for _ in range(500):  # bounded in count and time
+        assert server.proc.poll() is None, server.log_path.read_text()
+        try:
+            seen.add(stats(target).worker_id)
+        except grpc.RpcError:
+            time.sleep(0.1)  # not listening yet
+        if want <= seen or time.monotonic() > deadline:
+            break
+    return seen
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
+    return found[0]
+
+
+def redis_env(redis: RedisProcess, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "CACHEGATE_BACKEND": "redis",
+        "REDIS_URL": redis.url,
+        "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
+        "CACHEGATE_HTTP_LISTEN": "off",
+        "CACHEGATE_WORKERS": "2",
+        "REDIS_MAX_CONNECTIONS": "4",
+        "CACHEGATE_GRACE_SECONDS": "5",
+        **extra,
+    }
+
+
+# --- planning (no processes) -----------------------------------------------------------
+
+
+def test_plan_divides_the_connections_and_never_exceeds_them() -> None:
+    redis = {"CACHEGATE_BACKEND": "redis", "CACHEGATE_HTTP_LISTEN": "127.0.0.1:9000"}
+    plan = plan_workers(load_config({**redis, "REDIS_MAX_CONNECTIONS": "5"}), [0, 1, 2])
+    assert (plan.workers, plan.max_connections_each) == (3, 1)  # 0 = one per CPU
+    plan = plan_workers(
+        load_config({**redis, "CACHEGATE_WORKERS": "8", "REDIS_MAX_CONNECTIONS": "4"}), [0, 1]
+    )
+    assert (plan.workers, plan.max_connections_each) == (4, 1)  # never more than connections
+    config = load_config({**redis, "CACHEGATE_WORKERS": "2", "REDIS_MAX_CONNECTIONS": "5"})
+    plan = plan_workers(config, [0, 1])
+    assert (plan.workers, plan.max_connections_each) == (2, 2)
+    second = worker_config(config, plan, 1)
+    assert second == replace(
+        config,
+        pool=replace(config.pool, max_connections=2),
+        server=replace(config.server, workers=2, http_listen="127.0.0.1:9001"),
+    )
+    memory = plan_workers(load_config({"CACHEGATE_WORKERS": "4"}), [0, 1, 2, 3])
+    assert (memory.workers, memory.max_connections_each) == (1, 50)
+    assert "memory" in memory.reason
+
+
+def test_worker_mode_refuses_port_zero() -> None:
+    config = load_config({"CACHEGATE_BACKEND": "redis", "CACHEGATE_LISTEN": "127.0.0.1:0"})
+    with pytest.raises(ConfigError, match="port 0"):
+        check_worker_mode(config, plan_workers(config, [0, 1]))
+
+
+def test_restart_budget_allows_five_a_minute() -> None:
+    now = [0.0]
+    budget = RestartBudget(limit=5, window=60, clock=lambda: now[0])
+    assert all(budget.allow() for _ in range(5))
+    assert not budget.allow()
+    now[0] = 59.9
+    assert not budget.allow()
+    now[0] = 60.0
+    assert budget.allow()
+
+
+# --- real process trees ----------------------------------------------------------------
+
+
+def test_two_workers_share_the_port_and_the_connection_budget(
+    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+) -> None:
+    port, http_port = free_port(), two_free_ports()
+    server = launch(redis_env(redis_server, port, CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}"))
+    target = f"127.0.0.1:{port}"
+    assert worker_ids(target, server, {0, 1}) == {0, 1}
+    pids = server.worker_pids()
+    assert sorted(pids) == [0, 1]
+    for _ in range(4):
+        reply = stats(target)
+        assert reply.workers == 2
+        assert reply.pool.max_connections == 2  # 4 // 2
+
+    # Bounded load from many channels (each its own TCP connection, spread by the kernel),
+    # while Redis's own client count is watched.
+    admin = redis_server.client()
+    stop = threading.Event()
+    peak = [0]
+    calls: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def watch() -> None:
+        while not stop.is_set():
+            info = admin.info("clients")
+            assert isinstance(info, dict)
+            peak[0] = max(peak[0], int(info["connected_clients"]) - 1)  # minus admin
+            time.sleep(0.01)
+
+    def load(n: int) -> None:
+        deadline = time.monotonic() + 2.0
+        local: Counter[str] = Counter()
+        local_codes: Counter[str] = Counter()
+        # gRPC shares one connection among a process's channels to the same target
+        # unless told not to; a local subchannel pool gives each channel its own.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(target, options=options) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for i in range(2000):  # bounded in count and time
+                if time.monotonic() > deadline:
+                    break
+                key = f"k{n}:{i % 10}"
+                try:
+                    if i % 3 == 0:
+                        local["SetEx"] += 1
+                        stub.SetEx(pb.SetExRequest(key=key, value=b"v", ttl_seconds=60), timeout=5)
+                    else:
+                        local["Get"] += 1
+                        stub.Get(pb.GetRequest(key=key), timeout=5)
+                    local_codes["OK"] += 1
+                except grpc.RpcError as error:
+                    local_codes[error.code().name] += 1
+        with lock:
+            calls.update(local)
+            codes.update(local_codes)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert calls["Get"] > 100
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes  # waiting for a slot may time out
+    assert codes["OK"] > 100
+    assert 1 <= peak[0] <= 4, f"Redis saw {peak[0]} cachegate connections; the limit is 4"
+
+    # Figures are per worker: each side port speaks for its own process, and the two
+    # together account for every call the clients made.
+    per_worker = [scrape(http_port + worker_id) for worker_id in (0, 1)]
+    for worker_id, samples in enumerate(per_worker):
+        assert metric(samples, "cachegate_info", worker=str(worker_id), workers="2") == 1
+        assert metric(samples, "db_client_connection_max") == 2
+    for method in ("Get", "SetEx"):
+        started = [metric(s, "grpc_server_started_total", grpc_method=method) for s in per_worker]
+        assert sum(started) == calls[method]
+        assert min(started) > 0, f"one worker got no {method}: {started}"
+
+    assert server.stop() == 0, server.log_path.read_text()
+    for pid in pids.values():
+        assert not _alive(pid), f"worker {pid} outlived the supervisor"
+    exited = server.messages("worker exited")
+    assert sorted(e["exit_code"] for e in exited) == [0, 0]
+    # Each worker ran on its own CPU of those allowed (round robin).
+    cpus = sorted(os.sched_getaffinity(0))
+    started_on = {e["worker_id"]: e["cpu"] for e in server.messages("worker started")}
+    assert started_on == {i: cpus[i % len(cpus)] for i in (0, 1)}
+
+
+def test_a_dead_worker_is_restarted(
+    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+) -> None:
+    port = free_port()
+    server = launch(redis_env(redis_server, port))
+    target = f"127.0.0.1:{port}"
+    assert worker_ids(target, server, {0, 1}) == {0, 1}
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: server.worker_pids()[0] != victim, 15, "worker 0 to be restarted")
+    died = server.messages("worker died unexpectedly")
+    assert [(e["worker_id"], e["pid"], e["signal"]) for e in died] == [(0, victim, "SIGKILL")]
+    assert worker_ids(target, server, {0, 1}) == {0, 1}
+    server.proc.send_signal(signal.SIGINT)  # Ctrl-C is forwarded like SIGTERM
+    assert server.proc.wait(30) == 0, server.log_path.read_text()
+    assert server.messages("stopping workers")[0]["signal"] == "SIGINT"
+
+
+def test_a_worker_that_keeps_dying_stops_everything(
+    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+) -> None:
+    port = free_port()
+    server = launch(redis_env(redis_server, port))
+    assert worker_ids(f"127.0.0.1:{port}", server, {0, 1}) == {0, 1}
+    survivor = server.worker_pids()[1]
+    killed: list[int] = []
+    for _ in range(RESTART_LIMIT + 1):  # the last death is one too many
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+        wait_for(
+            lambda: server.proc.poll() is not None or server.worker_pids()[0] not in killed,
+            15,
+            "worker 0 to be restarted (or the supervisor to give up)",
+        )
+    assert server.proc.wait(30) == 1, server.log_path.read_text()
+    assert len(server.messages("worker died unexpectedly")) == RESTART_LIMIT + 1
+    assert server.messages("workers keep dying; stopping everything")
+    assert not _alive(survivor)
+
+
+def test_memory_backend_runs_one_worker(
+    launch: Callable[[dict[str, str]], ServerProcess],
+) -> None:
+    port = free_port()
+    server = launch(
+        {
+            "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
+            "CACHEGATE_HTTP_LISTEN": "off",
+            "CACHEGATE_WORKERS": "2",
+        }
+    )
+    target = f"127.0.0.1:{port}"
+    assert worker_ids(target, server, {0}) == {0}
+    with grpc.insecure_channel(target) as channel:
+        cache_pb2_grpc.CacheServiceStub(channel).SetEx(
+            pb.SetExRequest(key="shared", value=b"one process", ttl_seconds=60), timeout=5
+        )
+    for _ in range(20):  # fresh channels: with two processes some would miss the key
+        with grpc.insecure_channel(target) as channel:
+            reply = cache_pb2_grpc.CacheServiceStub(channel).Get(
+                pb.GetRequest(key="shared"), timeout=5
+            )
+        assert reply.value == b"one process"
+    assert stats(target).workers == 1
+    assert server.stop() == 0
+    (plan,) = [e for e in server.logs() if e["logger"] == "cachegate.workers"]
+    assert plan["workers"] == 1
+    assert plan["requested_workers"] == 2
+    assert plan["level"] == "warning"
+    assert "memory backend" in plan["msg"]
+    assert not server.messages("supervising")
+
+
+def test_a_second_server_on_the_port_fails(
+    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+) -> None:
+    port, http_port = free_port(), two_free_ports()
+    first = launch(redis_env(redis_server, port, CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}"))
+    assert worker_ids(f"127.0.0.1:{port}", first, {0, 1}) == {0, 1}
+
+    def second(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SERVER],
+            env={**os.environ, **redis_env(redis_server, port), **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    for clash in (
+        second(),  # worker mode: SO_REUSEPORT would let it share, the pre-check refuses
+        second(CACHEGATE_WORKERS="1"),  # one process, no SO_REUSEPORT
+    ):
+        assert clash.returncode == 1, clash.stderr
+        assert "cannot listen" in clash.stderr
+    # Another gRPC port, but worker 1's side port is taken.
+    other = second(
+        CACHEGATE_LISTEN=f"127.0.0.1:{free_port()}",
+        CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port - 1}",
+    )
+    assert other.returncode == 1, other.stderr
+    assert "CACHEGATE_HTTP_LISTEN" in other.stderr
+    # Port 0 cannot be shared by workers.
+    zero = second(CACHEGATE_LISTEN="127.0.0.1:0")
+    assert zero.returncode == 2
+    assert "port 0" in zero.stderr
+    assert first.stop() == 0
