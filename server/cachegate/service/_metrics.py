@@ -20,9 +20,8 @@ own figures on its own side port, see the README's "Metrics" section.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -30,7 +29,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from cachegate.core import CircuitState
 from cachegate.pool import RedisConnectionPool
-from cachegate.service._observe import RpcObserver
 from cachegate.v1 import cache_pb2
 
 __all__ = [
@@ -40,7 +38,6 @@ __all__ = [
     "PoolCollector",
     "PrometheusObserver",
     "ServerMetrics",
-    "UnaryObserverInterceptor",
 ]
 
 _SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
@@ -159,86 +156,6 @@ class PrometheusObserver:
         self._handling[method].observe(seconds)
 
 
-if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc's runtime classes are not
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:
-    _Handler = grpc.RpcMethodHandler
-    _Interceptor = grpc.ServerInterceptor
-
-
-def _code(context: Any) -> grpc.StatusCode | None:
-    # ServicerContext.code() exists since grpcio 1.38; grpc-stubs does not know it.
-    code: grpc.StatusCode | None = context.code()
-    return code
-
-
-class UnaryObserverInterceptor(_Interceptor):
-    """Reports the unary RPCs to an `RpcObserver` (the servicer reports only Pipeline).
-
-    `_observe.py` meant the servicer's `_unary` wrapper to call the observer, but
-    today only `Pipeline` does; this interceptor covers the unary methods until it
-    does. Should the servicer start reporting unary calls itself, drop this
-    interceptor, or every unary RPC counts twice (test_metrics.py would catch it:
-    it checks exact counts).
-
-    The wrapped handler is built once per method and cached, so an RPC pays one
-    dict look-up here, not a handler lookup and a new handler.
-    """
-
-    def __init__(self, observer: RpcObserver) -> None:
-        self._observer = observer
-        self._names = {
-            f"/{GRPC_SERVICE}/{method}": method
-            for method, grpc_type in _METHOD_TYPES.items()
-            if grpc_type == "unary"
-        }
-        self._wrapped: dict[str, _Handler] = {}
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        path = handler_call_details.method
-        wrapped = self._wrapped.get(path)
-        if wrapped is not None:
-            return wrapped
-        handler = continuation(handler_call_details)
-        name = self._names.get(path)
-        if name is None or handler is None or handler.unary_unary is None:
-            return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._observed(name, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[path] = wrapped
-        return wrapped
-
-    def _observed(
-        self, name: str, behavior: Callable[[Any, grpc.ServicerContext], Any]
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        started, handled = self._observer.started, self._observer.handled
-        clock = time.perf_counter
-        ok, unknown = grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN
-        code = _code
-
-        def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            started(name)
-            start = clock()
-            try:
-                response = behavior(request, context)
-            except BaseException:
-                # abort() set the code before raising; anything else is UNKNOWN to grpc.
-                handled(name, code(context) or unknown, clock() - start)
-                raise
-            handled(name, code(context) or ok, clock() - start)
-            return response
-
-        return observed
-
-
 class PoolCollector:
     """Pool, breaker and call figures, read from `pool.get_stats()` at scrape time.
 
@@ -348,7 +265,6 @@ class ServerMetrics:
         worker = str(worker_id)
         self.registry = CollectorRegistry(auto_describe=False)
         self.observer = PrometheusObserver(self.registry, worker=worker)
-        self.interceptors: tuple[_Interceptor, ...] = (UnaryObserverInterceptor(self.observer),)
         self.registry.register(PoolCollector(pool, worker=worker, workers=workers))
         self._transitions = Counter(
             "cachegate_breaker_transitions_total",

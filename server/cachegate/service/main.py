@@ -122,7 +122,6 @@ def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Se
         worker_id=worker_id,
         workers=workers,
         observer=metrics.observer,
-        interceptors=metrics.interceptors,
     )
     http = None
     if config.server.http_listen is not None:
