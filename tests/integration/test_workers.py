@@ -361,6 +361,22 @@ def test_a_worker_that_keeps_dying_stops_everything(
     assert not _alive(survivor)
 
 
+def test_workers_stop_when_the_supervisor_is_killed(
+    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+) -> None:
+    port = free_port()
+    server = launch(redis_env(redis_server, port))
+    assert worker_ids(f"127.0.0.1:{port}", server, {0, 1}) == {0, 1}
+    pids = list(server.worker_pids().values())
+    server.kill()  # SIGKILL: nothing is forwarded
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 20, "the orphaned workers to stop")
+    assert len(server.messages("the supervisor is gone; stopping")) == 2
+    assert len(server.messages("stopped")) == 2  # each stopped gracefully
+    with socket.socket() as probe:  # and the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
 def test_memory_backend_runs_one_worker(
     launch: Callable[[dict[str, str]], ServerProcess],
 ) -> None:

@@ -20,6 +20,9 @@ so the kernel spreads incoming connections over them. The supervisor:
 - restarts a worker that dies unexpectedly, at most `RESTART_LIMIT` times per
   `RESTART_WINDOW` seconds; beyond that it stops everything and exits 1.
 
+A worker whose supervisor is gone (SIGKILL, OOM killer) notices within
+`PARENT_CHECK_INTERVAL` and stops gracefully, so no orphan keeps the port.
+
 Each worker pins itself to one CPU (round robin over the allowed CPUs) and, when
 the HTTP side port is on, serves its own /metrics and /health/redis on
 `http port + worker id`.
@@ -68,6 +71,8 @@ RESTART_WINDOW = 60.0
 """Seconds of that window."""
 STOP_SLACK = 10.0
 """Seconds past the grace period a worker gets to exit before it is SIGKILLed."""
+PARENT_CHECK_INTERVAL = 0.5
+"""How often a worker checks that its supervisor still lives."""
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _POLL = 0.05
@@ -307,6 +312,7 @@ class Supervisor:
         self._signal: int | None = None
         self._stopping = False
         self._failed = False
+        self._pid = os.getpid()
 
     def run(self) -> int:
         """Start every worker and supervise them; returns the process exit code."""
@@ -318,7 +324,9 @@ class Supervisor:
         for signum in _STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
         for worker_id in range(self._plan.workers):
-            self._spawn(worker_id)
+            if not self._spawn(worker_id):
+                self._give_up()
+                break
         log.info(
             "supervising",
             extra={"workers": self._plan.workers, "pids": sorted(self._children)},
@@ -385,23 +393,34 @@ class Supervisor:
                     self._failed = True
                 continue
             log.error("worker died unexpectedly", extra=fields)
-            if self._budget.allow():
-                self._spawn(worker_id)
-                continue
-            log.error(
-                "workers keep dying; stopping everything",
-                extra={"restart_limit": RESTART_LIMIT, "window_seconds": RESTART_WINDOW},
-            )
-            self._failed = True
+            if not self._budget.allow():
+                log.error(
+                    "workers keep dying; stopping everything",
+                    extra={"restart_limit": RESTART_LIMIT, "window_seconds": RESTART_WINDOW},
+                )
+                self._give_up()
+            elif not self._spawn(worker_id):
+                self._give_up()
+
+    def _give_up(self) -> None:
+        self._failed = True
+        if not self._stopping:
             self._begin_stop(signal.SIGTERM)
 
-    def _spawn(self, worker_id: int) -> None:
+    def _spawn(self, worker_id: int) -> bool:
+        """Fork worker `worker_id`; False (logged) when the OS refuses a new process."""
         cpu = self._plan.cpus[worker_id % len(self._plan.cpus)]
         # Blocked across fork(): the child unblocks them once its own handlers are in.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             sys.stderr.flush()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                log.error(
+                    "cannot fork a worker", extra={"worker_id": worker_id, "reason": str(exc)}
+                )
+                return False
             if pid == 0:  # the child never returns from here
                 code = 1
                 try:
@@ -417,10 +436,12 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self._children[pid] = worker_id
         log.info("worker started", extra={"worker_id": worker_id, "pid": pid, "cpu": cpu})
+        return True
 
     # --- child side ----------------------------------------------------------------
 
     def _worker(self, worker_id: int, cpu: int) -> int:
+        supervisor = self._pid  # not getppid(): the supervisor may be gone already
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -431,6 +452,16 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_WorkerTag(worker_id))
+
+        def watch_supervisor() -> None:
+            # A SIGKILLed (or OOM-killed) supervisor forwards nothing: without this,
+            # its workers would keep the port forever. Reparenting changes getppid().
+            while not stop.wait(PARENT_CHECK_INTERVAL):
+                if os.getppid() != supervisor:
+                    log.error("the supervisor is gone; stopping", extra={"supervisor": supervisor})
+                    stop.set()
+
+        threading.Thread(target=watch_supervisor, name="cachegate-parent", daemon=True).start()
         if hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(0, {cpu})
