@@ -150,20 +150,22 @@ class PoolStats(_message.Message):
     def __init__(self, max_connections: _Optional[int] = ..., created_connections: _Optional[int] = ..., available_connections: _Optional[int] = ..., in_use_connections: _Optional[int] = ..., pending_requests: _Optional[int] = ..., wait_timeouts_total: _Optional[int] = ...) -> None: ...
 
 class BreakerStats(_message.Message):
-    __slots__ = ("state", "consecutive_failures", "retry_after_seconds", "opened_total", "transitions_total", "rejected_total")
+    __slots__ = ("state", "consecutive_failures", "retry_after_seconds", "opened_total", "transitions_total", "rejected_total", "forced")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REJECTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
     state: CircuitState
     consecutive_failures: int
     retry_after_seconds: float
     opened_total: int
     transitions_total: int
     rejected_total: int
-    def __init__(self, state: _Optional[_Union[CircuitState, str]] = ..., consecutive_failures: _Optional[int] = ..., retry_after_seconds: _Optional[float] = ..., opened_total: _Optional[int] = ..., transitions_total: _Optional[int] = ..., rejected_total: _Optional[int] = ...) -> None: ...
+    forced: bool
+    def __init__(self, state: _Optional[_Union[CircuitState, str]] = ..., consecutive_failures: _Optional[int] = ..., retry_after_seconds: _Optional[float] = ..., opened_total: _Optional[int] = ..., transitions_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., forced: _Optional[bool] = ...) -> None: ...
 
 class CallStats(_message.Message):
     __slots__ = ("calls_total", "failures_total", "retries_total", "hits_total", "misses_total", "hit_rate")
@@ -200,7 +202,7 @@ class RedisInfo(_message.Message):
     def __init__(self, healthy: _Optional[bool] = ..., ping_ms: _Optional[float] = ..., version: _Optional[str] = ..., connected_clients: _Optional[int] = ..., used_memory_human: _Optional[str] = ..., hit_rate: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("backend", "pool", "breaker", "calls", "redis", "worker_id", "workers")
+    __slots__ = ("backend", "pool", "breaker", "calls", "redis", "worker_id", "workers", "tenant")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     BREAKER_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,7 @@ class StatsResponse(_message.Message):
     REDIS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     backend: str
     pool: PoolStats
     breaker: BreakerStats
@@ -215,4 +218,17 @@ class StatsResponse(_message.Message):
     redis: RedisInfo
     worker_id: int
     workers: int
-    def __init__(self, backend: _Optional[str] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., breaker: _Optional[_Union[BreakerStats, _Mapping]] = ..., calls: _Optional[_Union[CallStats, _Mapping]] = ..., redis: _Optional[_Union[RedisInfo, _Mapping]] = ..., worker_id: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+    tenant: TenantStats
+    def __init__(self, backend: _Optional[str] = ..., pool: _Optional[_Union[PoolStats, _Mapping]] = ..., breaker: _Optional[_Union[BreakerStats, _Mapping]] = ..., calls: _Optional[_Union[CallStats, _Mapping]] = ..., redis: _Optional[_Union[RedisInfo, _Mapping]] = ..., worker_id: _Optional[int] = ..., workers: _Optional[int] = ..., tenant: _Optional[_Union[TenantStats, _Mapping]] = ...) -> None: ...
+
+class TenantStats(_message.Message):
+    __slots__ = ("name", "calls_total", "hits_total", "misses_total")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MISSES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    calls_total: int
+    hits_total: int
+    misses_total: int
+    def __init__(self, name: _Optional[str] = ..., calls_total: _Optional[int] = ..., hits_total: _Optional[int] = ..., misses_total: _Optional[int] = ...) -> None: ...

@@ -29,6 +29,7 @@ __all__ = [
     "RedisSettings",
     "RetrySettings",
     "Secret",
+    "SecuritySettings",
     "ServerSettings",
     "Setting",
     "load_config",
@@ -126,6 +127,20 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Paths only: the service reads the files (the core does no I/O)."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: clients must present a certificate it signed
+    tokens_file: str | None = None  # set: every cache and admin RPC needs a bearer token
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: str = "127.0.0.1:50051"
     http_listen: str | None = "127.0.0.1:9464"
@@ -144,6 +159,7 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     limits: LimitSettings = field(default_factory=LimitSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError ---
@@ -296,6 +312,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Pipeline streams open at once; more get RESOURCE_EXHAUSTED", _int(1)),
     Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
             "16777216", "largest request message accepted", _int(1024)),
+    Setting("CACHEGATE_TLS_CERT", "security", "tls_cert", "",
+            "PEM certificate (chain) to serve gRPC over TLS; reloaded when the file changes",
+            _optional_text),
+    Setting("CACHEGATE_TLS_KEY", "security", "tls_key", "",
+            "PEM private key of CACHEGATE_TLS_CERT", _optional_text),
+    Setting("CACHEGATE_TLS_CLIENT_CA", "security", "tls_client_ca", "",
+            "PEM CA bundle: when set, clients must present a certificate it signed (mTLS)",
+            _optional_text),
+    Setting("CACHEGATE_TOKENS_FILE", "security", "tokens_file", "",
+            "file of 'TOKEN TENANT ROLE' lines (role client or admin): bearer-token auth "
+            "and per-tenant key namespaces", _optional_text),
     Setting("REDIS_URL", "redis", "", "",
             "redis://[user[:password]@]host[:port][/db] or rediss://...; overrides "
             "REDIS_HOST/PORT/DB/USERNAME/PASSWORD", _optional_text, secret=True),
@@ -382,6 +409,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     """Build a Config from environment-like variables; unknown variables are ignored."""
     sections: dict[str, dict[str, Any]] = {
         "": {}, "redis": {}, "pool": {}, "retry": {}, "breaker": {}, "limits": {}, "server": {},
+        "security": {},
     }  # fmt: skip
     url_fields: dict[str, Any] = {}
     for setting in SETTINGS:
@@ -405,6 +433,13 @@ def load_config(env: Mapping[str, str]) -> Config:
     backend = sections[""]["backend"]
     if backend == "sentinel" and not sections["redis"]["sentinels"]:
         raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
+    security = sections["security"]
+    if bool(security["tls_cert"]) != bool(security["tls_key"]):
+        raise ConfigError("CACHEGATE_TLS_CERT and CACHEGATE_TLS_KEY: set both or neither")
+    if security["tls_client_ca"] and not security["tls_cert"]:
+        raise ConfigError(
+            "CACHEGATE_TLS_CLIENT_CA: needs CACHEGATE_TLS_CERT and _KEY (mTLS is TLS)"
+        )
     limits = sections["limits"]
     if limits["max_streams"] >= limits["max_concurrent_rpcs"]:
         raise ConfigError(
@@ -431,4 +466,5 @@ def load_config(env: Mapping[str, str]) -> Config:
         breaker=breaker,
         limits=LimitSettings(**sections["limits"]),
         server=ServerSettings(**sections["server"]),
+        security=SecuritySettings(**security),
     )

@@ -4,7 +4,12 @@ from cachegate.service._health import SERVICE_NAME, HealthReporter
 from cachegate.service._http import HttpListenError, HttpSidePort
 from cachegate.service._metrics import PoolCollector, PrometheusObserver, ServerMetrics
 from cachegate.service._observe import NullObserver, RpcObserver
-from cachegate.service._server import AddressInUseError, CacheServer, create_server
+from cachegate.service._server import (
+    AddressInUseError,
+    CacheServer,
+    ServerStartError,
+    create_server,
+)
 from cachegate.service._servicer import CacheServicer
 
 __all__ = [
@@ -20,5 +25,6 @@ __all__ = [
     "PrometheusObserver",
     "RpcObserver",
     "ServerMetrics",
+    "ServerStartError",
     "create_server",
 ]

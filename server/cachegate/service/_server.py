@@ -18,17 +18,24 @@ from grpc_reflection.v1alpha import reflection
 
 from cachegate.core import CircuitState, Config
 from cachegate.pool import RedisConnectionPool
-from cachegate.service._health import SERVICE_NAME, HealthReporter
+from cachegate.service._admin import AdminServicer
+from cachegate.service._auth import AuthInterceptor, TokenTable, TokenTableError
+from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
-from cachegate.v1 import cache_pb2, cache_pb2_grpc
+from cachegate.service._tls import server_credentials
+from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2, cache_pb2_grpc
 
-__all__ = ["CacheServer", "create_server"]
+__all__ = ["AddressInUseError", "CacheServer", "ServerStartError", "create_server"]
 
 log = logging.getLogger("cachegate.server")
 
 
-class AddressInUseError(OSError):
+class ServerStartError(Exception):
+    """The server cannot start as configured; the message says what to fix."""
+
+
+class AddressInUseError(ServerStartError, OSError):
     """The listen address is taken (we never share a port by accident)."""
 
 
@@ -84,6 +91,14 @@ def create_server(
     on the same port must fail instead of silently taking half the traffic.
     """
     limits = config.limits
+    security = config.security
+    try:  # read the security files before anything else exists: nothing half-starts
+        tokens = TokenTable.from_file(security.tokens_file) if security.tokens_file else None
+        credentials = server_credentials(security) if security.tls else None
+    except (TokenTableError, OSError) as exc:
+        raise ServerStartError(str(exc)) from exc
+    if tokens is not None:
+        interceptors = (AuthInterceptor(tokens), *interceptors)
     pool = pool or RedisConnectionPool(config)
     options = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -105,29 +120,42 @@ def create_server(
         interceptors=list(interceptors) or None,
     )
     cache_pb2_grpc.add_CacheServiceServicer_to_server(
-        CacheServicer(pool, limits, worker_id=worker_id, workers=workers, observer=observer),
+        CacheServicer(
+            pool, limits, worker_id=worker_id, workers=workers, observer=observer, tokens=tokens
+        ),
         server,
     )
+    services = [
+        cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    ]
+    if tokens is not None:  # admin RPCs exist only where callers are authenticated
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(pool), server)
+        services.append(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
     pool.add_state_listener(_log_transition)
     health = HealthReporter(pool)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if config.server.reflection:
-        reflection.enable_server_reflection(
-            (
-                cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
     address = listen or config.server.listen
     try:
-        port = server.add_insecure_port(address)
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         pool.close()
         raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:  # older grpcio reports a failed bind as port 0
         pool.close()
         raise AddressInUseError(f"cannot listen on {address}: address in use or invalid")
-    log.info("built server", extra={"listen": address, "port": port, "service": SERVICE_NAME})
+    log.info(
+        "built server",
+        extra={
+            "listen": address,
+            "port": port,
+            "tls": "mtls" if security.tls_client_ca else bool(credentials),
+            "auth": f"{len(tokens)} tokens" if tokens else "off",
+        },
+    )
     return CacheServer(server, port, pool, health, config), port

@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cachegate.core import CircuitState, LimitSettings
+from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, RedisConnectionPool
+from cachegate.service._admin import breaker_stats
+from cachegate.service._auth import Identity, TokenTable
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._status import (
@@ -36,12 +38,6 @@ Resp = TypeVar("Resp")
 
 _INVALID_ARGUMENT = code_number(grpc.StatusCode.INVALID_ARGUMENT)
 _VALUE, _NOT_FOUND, _EMPTY = pb.OUTCOME_VALUE, pb.OUTCOME_NOT_FOUND, b""
-
-_CIRCUIT_STATES = {
-    CircuitState.CLOSED: pb.CIRCUIT_STATE_CLOSED,
-    CircuitState.OPEN: pb.CIRCUIT_STATE_OPEN,
-    CircuitState.HALF_OPEN: pb.CIRCUIT_STATE_HALF_OPEN,
-}
 
 
 def _rejection(exc: BaseException, method: str) -> Rejection:
@@ -85,8 +81,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         worker_id: int = 0,
         workers: int = 1,
         observer: RpcObserver | None = None,
+        tokens: TokenTable | None = None,
     ) -> None:
         self._observer: RpcObserver = observer or NullObserver()
+        # With tokens, every key lives in its caller's tenant namespace (see _auth).
+        self._tokens = tokens
+        self._tenants = TenantCounters()
         # Each open stream holds a server thread for its whole life: bound them so
         # streams can never take every thread away from unary calls.
         self._streams = threading.BoundedSemaphore(limits.max_streams)
@@ -98,7 +98,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     @_unary
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
         key = check_key(request.key, self._limits)
+        tenant = self._tenant(context)
+        if tenant is not None:
+            key = tenant.prefix.encode() + key
         value = self._pool.execute("GET", key, timeout=context.time_remaining())
+        if tenant is not None:
+            self._tenants.add(tenant.tenant, 1, int(value is not None), int(value is None))
         if value is None:
             return pb.GetResponse(found=False)
         return pb.GetResponse(found=True, value=value)
@@ -108,6 +113,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         key = check_key(request.key, self._limits)
         check_ttl(request.ttl_seconds)
         check_value(request.value, self._limits)
+        tenant = self._tenant(context)
+        if tenant is not None:
+            key = tenant.prefix.encode() + key
+            self._tenants.add(tenant.tenant, 1, 0, 0)
         self._pool.execute(
             "SETEX", key, request.ttl_seconds, request.value, timeout=context.time_remaining()
         )
@@ -116,6 +125,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     @_unary
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         key = check_key(request.key, self._limits)
+        tenant = self._tenant(context)
+        if tenant is not None:
+            key = tenant.prefix.encode() + key
+            self._tenants.add(tenant.tenant, 1, 0, 0)
         removed = self._pool.execute("DEL", key, timeout=context.time_remaining())
         return pb.DeleteResponse(deleted=bool(removed))
 
@@ -139,6 +152,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 ),
             )
         try:
+            tenant = self._tenant(context)
             # grpc hands us one request at a time and HTTP/2 flow control holds the rest
             # back, so a fast sender never makes us buffer without bound.
             for batch in request_iterator:
@@ -153,14 +167,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     )
                     code = rejection.code
                     abort(context, rejection)
-                yield self._run_batch(batch, context)
+                reply = self._run_batch(batch, context, tenant.prefix if tenant else "")
+                if tenant is not None:
+                    self._count_batch(tenant.tenant, reply)
+                yield reply
             code = grpc.StatusCode.OK
         finally:
             self._streams.release()
             self._observer.handled("Pipeline", code, time.perf_counter() - start)
 
     def _run_batch(
-        self, batch: pb.PipelineRequest, context: grpc.ServicerContext
+        self, batch: pb.PipelineRequest, context: grpc.ServicerContext, prefix: str = ""
     ) -> pb.PipelineResponse:
         operations = batch.operations
         size = len(operations)
@@ -170,6 +187,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             # batch whose keys are all non-empty is a batch of gets only.
             keys = [op.get.key for op in operations]
             if min(map(len, keys)) > 0 and max(map(len, keys)) <= short_key:
+                if prefix:
+                    keys = [prefix + key for key in keys]
                 return self._get_batch(keys, context)
         outcomes = [pb.OUTCOME_UNSPECIFIED] * size
         values = [b""] * size
@@ -180,11 +199,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             if op.WhichOneof("op") == "get":
                 key = op.get.key
                 if key and len(key) <= short_key:
-                    commands.append(("GET", key))
+                    commands.append(("GET", prefix + key))
                     positions.append(index)
                     continue
             try:
-                commands.append(self._command(index, op))
+                commands.append(self._command(index, op, prefix))
             except InvalidArgumentError as exc:
                 outcomes[index] = pb.OUTCOME_ERROR
                 errors.append((index, _INVALID_ARGUMENT, str(exc)))
@@ -240,20 +259,35 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             values=[_EMPTY if v is None else v for v in found],
         )
 
-    def _command(self, index: int, op: pb.Operation) -> tuple[Any, ...]:
+    def _command(self, index: int, op: pb.Operation, prefix: str) -> tuple[Any, ...]:
         """The Redis command of one operation, checked against the limits."""
         where = f"operations[{index}]"
         kind = op.WhichOneof("op")
+        namespace = prefix.encode()
         if kind == "get":
-            return ("GET", check_key(op.get.key, self._limits, f"{where}.get.key"))
+            return ("GET", namespace + check_key(op.get.key, self._limits, f"{where}.get.key"))
         if kind == "set_ex":
             key = check_key(op.set_ex.key, self._limits, f"{where}.set_ex.key")
             check_ttl(op.set_ex.ttl_seconds, f"{where}.set_ex.ttl_seconds")
             check_value(op.set_ex.value, self._limits, f"{where}.set_ex.value")
-            return ("SETEX", key, op.set_ex.ttl_seconds, op.set_ex.value)
+            return ("SETEX", namespace + key, op.set_ex.ttl_seconds, op.set_ex.value)
         if kind == "delete":
-            return ("DEL", check_key(op.delete.key, self._limits, f"{where}.delete.key"))
+            key = check_key(op.delete.key, self._limits, f"{where}.delete.key")
+            return ("DEL", namespace + key)
         raise InvalidArgumentError(where, "no operation set (one of get, set_ex, delete)")
+
+    def _tenant(self, context: grpc.ServicerContext) -> Identity | None:
+        """The caller's identity when tokens are on (the interceptor has vetted it)."""
+        if self._tokens is None:
+            return None
+        identity = self._tokens.identity(context.invocation_metadata())
+        if identity is None:  # unreachable behind AuthInterceptor; never serve unscoped
+            raise PermissionError("no identity for this call")
+        return identity
+
+    def _count_batch(self, tenant: str, reply: pb.PipelineResponse) -> None:
+        outcomes = list(reply.outcomes)
+        self._tenants.add(tenant, len(outcomes), outcomes.count(_VALUE), outcomes.count(_NOT_FOUND))
 
     @_unary
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
@@ -270,14 +304,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 pending_requests=stats["pending_requests"],
                 wait_timeouts_total=stats["pool_wait_timeouts"],
             ),
-            breaker=pb.BreakerStats(
-                state=_CIRCUIT_STATES[snapshot.state],
-                consecutive_failures=snapshot.consecutive_failures,
-                retry_after_seconds=snapshot.retry_after,
-                opened_total=snapshot.opened_total,
-                transitions_total=snapshot.transitions_total,
-                rejected_total=stats["rejected_calls"],
-            ),
+            breaker=breaker_stats(snapshot),
             calls=pb.CallStats(
                 calls_total=stats["calls"],
                 failures_total=stats["failures"],
@@ -297,4 +324,34 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             ),
             worker_id=self._worker_id,
             workers=self._workers,
+            tenant=self._tenant_stats(context),
         )
+
+    def _tenant_stats(self, context: grpc.ServicerContext) -> pb.TenantStats | None:
+        tenant = self._tenant(context)
+        if tenant is None:
+            return None
+        calls, hits, misses = self._tenants.get(tenant.tenant)
+        return pb.TenantStats(
+            name=tenant.tenant, calls_total=calls, hits_total=hits, misses_total=misses
+        )
+
+
+class TenantCounters:
+    """Calls, hits and misses per tenant (a dict of small lists behind one lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+
+    def add(self, tenant: str, calls: int, hits: int, misses: int) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(tenant, [0, 0, 0])
+            counts[0] += calls
+            counts[1] += hits
+            counts[2] += misses
+
+    def get(self, tenant: str) -> tuple[int, int, int]:
+        with self._lock:
+            calls, hits, misses = self._counts.get(tenant, (0, 0, 0))
+            return calls, hits, misses

@@ -1,0 +1,344 @@
+"""TLS, mTLS, tokens, tenants and admin RPCs, with real certificates and real channels."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cachegate.client import CacheClient, CacheUnavailableError, Get, SetEx
+from cachegate.core import load_config
+from cachegate.pool import CommandError, RedisConnectionPool
+from cachegate.service import CacheServer, ServerStartError, create_server
+from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
+from cachegate.v1 import cache_pb2 as pb
+from certs import Authority, Pair
+from redisprocs import RedisProcess, start_standalone
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ALICE_TOKEN = "alice-token-0123456789abcdef"
+BOB_TOKEN = "bob-token-0123456789abcdef00"
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority(tmp_path / "pki", "main")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], CacheServer]]:
+    started: list[CacheServer] = []
+
+    def start(env: dict[str, str]) -> CacheServer:
+        server, _ = create_server(load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", **env}))
+        server.start()
+        assert server.health.wait_ready(10)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace=0)
+
+
+def tokens_file(folder: Path) -> Path:
+    path = folder / "tokens"
+    path.write_text(
+        "# token                          tenant  role\n"
+        f"{ADMIN_TOKEN}  ops     admin\n"
+        f"{ALICE_TOKEN}  alice   client\n"
+        f"{BOB_TOKEN}  bob     client  # a comment\n"
+    )
+    return path
+
+
+def tls_channel(port: int, root: bytes, client: Pair | None = None) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+def can_call(channel: grpc.Channel) -> grpc.StatusCode:
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    try:
+        stub.Get(pb.GetRequest(key="k"), timeout=3)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    finally:
+        channel.close()
+    return grpc.StatusCode.OK
+
+
+# --- TLS and mTLS -----------------------------------------------------------------------
+
+
+def test_tls_serves_trusting_clients_only(
+    serve: Callable[[dict[str, str]], CacheServer], authority: Authority, tmp_path: Path
+) -> None:
+    cert = authority.issue("server", server=True)
+    server = serve({"CACHEGATE_TLS_CERT": str(cert.cert), "CACHEGATE_TLS_KEY": str(cert.key)})
+    assert can_call(tls_channel(server.port, authority.ca_pem)) is grpc.StatusCode.OK
+    stranger = Authority(tmp_path / "other", "other")
+    assert can_call(tls_channel(server.port, stranger.ca_pem)) is grpc.StatusCode.UNAVAILABLE
+    plain = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    assert can_call(plain) is grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_requires_a_client_certificate_from_the_ca(
+    serve: Callable[[dict[str, str]], CacheServer], authority: Authority, tmp_path: Path
+) -> None:
+    cert = authority.issue("server", server=True)
+    server = serve(
+        {
+            "CACHEGATE_TLS_CERT": str(cert.cert),
+            "CACHEGATE_TLS_KEY": str(cert.key),
+            "CACHEGATE_TLS_CLIENT_CA": str(authority.ca),
+        }
+    )
+    good = authority.issue("client", server=False)
+    assert can_call(tls_channel(server.port, authority.ca_pem, good)) is grpc.StatusCode.OK
+    assert can_call(tls_channel(server.port, authority.ca_pem)) is grpc.StatusCode.UNAVAILABLE
+    forged = Authority(tmp_path / "forger", "forger").issue("client", server=False)
+    refused = can_call(tls_channel(server.port, authority.ca_pem, forged))
+    assert refused is grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificate_files_reload_without_restart(
+    serve: Callable[[dict[str, str]], CacheServer], authority: Authority, tmp_path: Path
+) -> None:
+    live = Pair(tmp_path / "live.crt", tmp_path / "live.key")
+    first = authority.issue("first", server=True)
+    shutil.copyfile(first.cert, live.cert)
+    shutil.copyfile(first.key, live.key)
+    server = serve({"CACHEGATE_TLS_CERT": str(live.cert), "CACHEGATE_TLS_KEY": str(live.key)})
+    renewed_by = Authority(tmp_path / "next", "next")
+    assert can_call(tls_channel(server.port, renewed_by.ca_pem)) is grpc.StatusCode.UNAVAILABLE
+    second = renewed_by.issue("second", server=True)
+    time.sleep(0.01)  # a new mtime
+    shutil.copyfile(second.key, live.key)
+    shutil.copyfile(second.cert, live.cert)
+    # New connections get the new certificate; the old CA is no longer enough.
+    assert can_call(tls_channel(server.port, renewed_by.ca_pem)) is grpc.StatusCode.OK
+    assert can_call(tls_channel(server.port, authority.ca_pem)) is grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_needs_cert_and_key_together() -> None:
+    from cachegate.core import ConfigError
+
+    with pytest.raises(ConfigError, match="set both or neither"):
+        load_config({"CACHEGATE_TLS_CERT": "/x.crt"})
+    with pytest.raises(ConfigError, match="mTLS is TLS"):
+        load_config({"CACHEGATE_TLS_CLIENT_CA": "/ca.pem"})
+
+
+def test_unreadable_certificate_stops_startup(tmp_path: Path) -> None:
+    with pytest.raises(ServerStartError, match="No such file"):
+        create_server(
+            load_config(
+                {
+                    "CACHEGATE_LISTEN": "127.0.0.1:0",
+                    "CACHEGATE_TLS_CERT": str(tmp_path / "missing.crt"),
+                    "CACHEGATE_TLS_KEY": str(tmp_path / "missing.key"),
+                }
+            )
+        )
+
+
+# --- tokens, roles, tenants -------------------------------------------------------------
+
+
+@pytest.fixture
+def authed(
+    serve: Callable[[dict[str, str]], CacheServer], tmp_path: Path, redis_server: RedisProcess
+) -> CacheServer:
+    return serve(
+        {
+            "CACHEGATE_TOKENS_FILE": str(tokens_file(tmp_path)),
+            "CACHEGATE_BACKEND": "redis",
+            "REDIS_URL": redis_server.url,
+        }
+    )
+
+
+def client(server: CacheServer, token: str | None) -> CacheClient:
+    return CacheClient(f"127.0.0.1:{server.port}", token=token, retries=False)
+
+
+def test_tokens_gate_the_cache_but_not_health(authed: CacheServer) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{authed.port}")
+    stub = cache_pb2_grpc.CacheServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as none:
+        stub.Get(pb.GetRequest(key="k"))
+    assert none.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as wrong:
+        stub.Get(pb.GetRequest(key="k"), metadata=(("authorization", "Bearer not-a-token-at-all"),))
+    assert wrong.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as streaming:
+        list(stub.Pipeline(iter([pb.PipelineRequest()])))
+    assert streaming.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    anonymous = client(authed, None)
+    assert anonymous.health() == "SERVING"  # probes cannot send tokens
+    assert anonymous.health("cachegate.v1.CacheService") == "SERVING"
+    assert client(authed, ALICE_TOKEN).get("k") is None
+    channel.close()
+
+
+def test_admin_rpcs_need_the_admin_role(authed: CacheServer) -> None:
+    def admin(token: str) -> tuple[admin_pb2_grpc.AdminServiceStub, tuple[tuple[str, str], ...]]:
+        channel = grpc.insecure_channel(f"127.0.0.1:{authed.port}")
+        return admin_pb2_grpc.AdminServiceStub(channel), (("authorization", f"Bearer {token}"),)
+
+    stub, alice = admin(ALICE_TOKEN)
+    with pytest.raises(grpc.RpcError) as denied:
+        stub.ResetBreaker(admin_pb2.ResetBreakerRequest(), metadata=alice)
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    stub, ops = admin(ADMIN_TOKEN)
+    opened = stub.ForceOpenBreaker(admin_pb2.ForceOpenBreakerRequest(), metadata=ops)
+    assert opened.breaker.state == pb.CIRCUIT_STATE_OPEN
+    assert opened.breaker.forced is True
+    with pytest.raises(CacheUnavailableError):
+        client(authed, ALICE_TOKEN).get("k")
+    assert client(authed, None).health("cachegate.v1.CacheService") == "NOT_SERVING"
+    reset = stub.ResetBreaker(admin_pb2.ResetBreakerRequest(), metadata=ops)
+    assert reset.breaker.state == pb.CIRCUIT_STATE_CLOSED
+    assert reset.breaker.forced is False
+    assert client(authed, ALICE_TOKEN).get("k") is None
+    closed = stub.ForceCloseBreaker(admin_pb2.ForceCloseBreakerRequest(), metadata=ops)
+    assert closed.breaker.forced is True
+
+
+def test_force_closed_keeps_calling_redis(authed: CacheServer, redis_server: RedisProcess) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{authed.port}")
+    ops = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    admin_pb2_grpc.AdminServiceStub(channel).ForceCloseBreaker(
+        admin_pb2.ForceCloseBreakerRequest(), metadata=ops
+    )
+    redis_server.kill()
+    alice = client(authed, ALICE_TOKEN)
+    for _ in range(10):  # twice the threshold: real errors, never "breaker open"
+        with pytest.raises(CacheUnavailableError) as caught:
+            alice.get("k")
+        assert "breaker" not in str(caught.value)
+    assert authed.pool.breaker.state.value == "closed"
+    channel.close()
+
+
+def test_tenants_cannot_see_each_others_keys(
+    authed: CacheServer, redis_server: RedisProcess
+) -> None:
+    alice, bob = client(authed, ALICE_TOKEN), client(authed, BOB_TOKEN)
+    alice.set_ex("shared-name", b"alice's", 60)
+    assert bob.get("shared-name") is None
+    bob.set_ex("shared-name", b"bob's", 60)
+    assert alice.get("shared-name") == b"alice's"
+    assert bob.delete("shared-name") is True
+    assert alice.get("shared-name") == b"alice's"  # bob deleted only his own
+    # ... and through Pipeline, including a key that looks like another namespace.
+    results = bob.pipeline([Get("shared-name"), Get("alice:shared-name"), SetEx("x", b"b", 60)])
+    assert [r.outcome for r in results] == ["not_found", "not_found", "ok"]
+    assert [r.outcome for r in alice.pipeline([Get("x"), Get("shared-name")])] == [
+        "not_found",
+        "value",
+    ]
+    raw = redis_server.client()
+    assert sorted(raw.keys("*")) == [b"alice:shared-name", b"bob:x"]
+    # Stats per tenant: each caller sees its own figures.
+    assert alice.stats().tenant.name == "alice"
+    assert bob.stats().tenant.hits_total == 0
+    assert alice.stats().tenant.hits_total == 3
+
+
+def test_bad_tokens_file_stops_startup(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-tokens"
+    bad.write_text("tiny-Xq7 alice client\n")
+    with pytest.raises(ServerStartError, match="line 1: token shorter than 16") as caught:
+        create_server(
+            load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_TOKENS_FILE": str(bad)})
+        )
+    assert "tiny-Xq7" not in str(caught.value)  # the token itself is never echoed
+    bad.write_text(f"{ALICE_TOKEN} a:b client\n")
+    with pytest.raises(ServerStartError, match="tenant must match"):
+        create_server(
+            load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_TOKENS_FILE": str(bad)})
+        )
+
+
+# --- Redis side: ACL user and TLS -------------------------------------------------------
+
+# The ACL we recommend for cachegate's Redis user (README, "Security"): only what it runs.
+CACHEGATE_ACL = [
+    "cachegate", "on", ">redis-acl-secret", "~*", "resetchannels",
+    "-@all", "+get", "+mget", "+setex", "+del", "+ping", "+info", "+select",
+]  # fmt: skip
+
+
+def test_pool_over_redis_tls_with_acl_user(tmp_path: Path, authority: Authority) -> None:
+    server_pair = authority.issue("redis", server=True)
+    client_pair = authority.issue("cachegate", server=False)
+    proc = start_standalone(
+        tmp_path / "tls-redis",
+        extra_args=[
+            "--tls-port", "0",
+            "--tls-cert-file", str(server_pair.cert),
+            "--tls-key-file", str(server_pair.key),
+            "--tls-ca-cert-file", str(authority.ca),
+            "--tls-auth-clients", "yes",
+            "--user", *CACHEGATE_ACL,
+        ],
+    )  # fmt: skip
+    try:
+        # The plain port stays for the fixture's own probes; open a TLS port next to it.
+        tls_port = _free_port()
+        proc.client().config_set("tls-port", tls_port)
+        config = load_config(
+            {
+                "CACHEGATE_BACKEND": "redis",
+                "REDIS_URL": f"rediss://cachegate:redis-acl-secret@127.0.0.1:{tls_port}/0",
+                "REDIS_TLS_CA_FILE": str(authority.ca),
+                "REDIS_TLS_CERT_FILE": str(client_pair.cert),
+                "REDIS_TLS_KEY_FILE": str(client_pair.key),
+            }
+        )
+        pool = RedisConnectionPool(config)
+        assert pool.execute("setex", "k", 60, b"over tls") is True
+        assert pool.execute("get", "k") == b"over tls"
+        assert pool.get_many(["k", "missing"]) == [b"over tls", None]
+        with pytest.raises(CommandError, match=r"(?i)permission|NOPERM"):
+            pool.execute("flushall")
+        with pytest.raises(CommandError, match=r"(?i)permission|NOPERM"):
+            pool.execute("config", "get", "maxmemory")
+        health = pool.health_check()
+        assert health["healthy"] is True, health
+        assert "redis-acl-secret" not in repr(health) + repr(pool) + repr(pool.get_stats())
+        pool.close()
+        # Without a client certificate, Redis refuses the handshake.
+        no_cert = RedisConnectionPool(
+            load_config(
+                {
+                    "CACHEGATE_BACKEND": "redis",
+                    "REDIS_URL": f"rediss://cachegate:redis-acl-secret@127.0.0.1:{tls_port}/0",
+                    "REDIS_TLS_CA_FILE": str(authority.ca),
+                    "REDIS_RETRY_ATTEMPTS": "0",
+                }
+            )
+        )
+        with pytest.raises(ConnectionError):
+            no_cert.execute("ping")
+        no_cert.close()
+    finally:
+        proc.stop()
+
+
+def _free_port() -> int:
+    from redisprocs import free_port
+
+    return free_port()
