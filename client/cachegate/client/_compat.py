@@ -52,8 +52,9 @@ class RedisCache:
         near_cache: NearCache | None = None,
         client: CacheClient | None = None,
         timeout: float = 5.0,
+        token: str | None = None,
     ) -> None:
-        self.client = client or CacheClient(target, timeout=timeout)
+        self.client = client or CacheClient(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
 
