@@ -63,6 +63,36 @@ def test_sentinel_failover_reaches_the_new_master(sentinel_setup: SentinelSetup)
     pool.close()
 
 
+def test_durable_writes_are_acknowledged_only_once_replicated(
+    sentinel_setup: SentinelSetup,
+) -> None:
+    addresses = ",".join(f"{h}:{p}" for h, p in sentinel_setup.sentinel_addresses)
+    pool = RedisConnectionPool(
+        load_config(
+            {
+                "CACHEGATE_BACKEND": "sentinel",
+                "REDIS_SENTINELS": addresses,
+                "REDIS_SENTINEL_MASTER": sentinel_setup.master_name,
+                "REDIS_WAIT_REPLICAS": "1",
+                "REDIS_WAIT_TIMEOUT": "0.3",
+            }
+        )
+    )
+    assert pool.execute("setex", "durable", 60, b"1") is True
+    assert sentinel_setup.replica.client().get("durable") == b"1"  # there before the ack
+    [ok, value] = pool.execute_many([("SETEX", "d2", 60, b"2"), ("GET", "durable")])
+    assert (ok, value) == (True, b"1")
+    sentinel_setup.replica.kill()
+    start = time.monotonic()
+    with pytest.raises(RedisUnavailableError, match="not confirmed by 1 replica"):
+        pool.execute("setex", "durable", 60, b"lost?")
+    assert 0.25 < time.monotonic() - start < 2
+    [write, read] = pool.execute_many([("SETEX", "d3", 60, b"3"), ("GET", "durable")])
+    assert isinstance(write, RedisUnavailableError)  # the write is not acknowledged...
+    assert read == b"lost?"  # ...though the master took it: WAIT is no rollback
+    pool.close()
+
+
 def test_sentinel_demoted_master_readonly_triggers_rediscovery(
     sentinel_setup: SentinelSetup,
 ) -> None:

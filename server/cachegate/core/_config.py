@@ -105,6 +105,9 @@ class PoolSettings:
     wait_timeout: float = 1.0
     # Connections idle longer than this are closed, so Redis's count falls after a burst.
     idle_timeout: float = 300.0
+    # Durable writes: acknowledge a write only once this many replicas have it (WAIT).
+    wait_replicas: int = 0
+    wait_replicas_timeout: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +362,12 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a call waits for a free connection before RESOURCE_EXHAUSTED", _float()),
     Setting("REDIS_IDLE_TIMEOUT", "pool", "idle_timeout", "300",
             "seconds before an idle connection is closed; 0 keeps them forever", _float()),
+    Setting("REDIS_WAIT_REPLICAS", "pool", "wait_replicas", "0",
+            "durable writes: acknowledge only after this many replicas confirm (WAIT); "
+            "0 = as soon as the master has it", _int(0)),
+    Setting("REDIS_WAIT_TIMEOUT", "pool", "wait_replicas_timeout", "1",
+            "seconds a durable write waits for its replicas before it fails UNAVAILABLE",
+            _float(positive=True)),
     Setting("REDIS_RETRY_ATTEMPTS", "retry", "attempts", "3",
             "retries of an idempotent command after an outage-class error", _int(0)),
     Setting("REDIS_RETRY_BACKOFF_BASE", "retry", "backoff_base", "0.05",
@@ -433,6 +442,11 @@ def load_config(env: Mapping[str, str]) -> Config:
     backend = sections[""]["backend"]
     if backend == "sentinel" and not sections["redis"]["sentinels"]:
         raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
+    if backend in ("cluster", "memory") and sections["pool"]["wait_replicas"]:
+        raise ConfigError(
+            f"REDIS_WAIT_REPLICAS: not supported with CACHEGATE_BACKEND={backend} "
+            "(the memory backend has no replicas; on a cluster WAIT is per node)"
+        )
     security = sections["security"]
     if bool(security["tls_cert"]) != bool(security["tls_key"]):
         raise ConfigError("CACHEGATE_TLS_CERT and CACHEGATE_TLS_KEY: set both or neither")

@@ -8,7 +8,7 @@ not listed is treated as unsafe: a missing entry costs a retry, never data.
 
 from __future__ import annotations
 
-__all__ = ["IDEMPOTENT", "READS"]
+__all__ = ["IDEMPOTENT", "READS", "WRITES"]
 
 IDEMPOTENT: frozenset[str] = frozenset(
     {
@@ -26,3 +26,6 @@ IDEMPOTENT: frozenset[str] = frozenset(
 
 # Commands whose replies count as cache hits (a value) or misses (nil).
 READS: frozenset[str] = frozenset({"GET", "MGET"})
+
+# Writes the durable mode (REDIS_WAIT_REPLICAS) confirms with WAIT before acknowledging.
+WRITES: frozenset[str] = frozenset({"SET", "SETEX", "PSETEX", "MSET", "DEL", "UNLINK"})

@@ -34,7 +34,7 @@ from cachegate.core import (
     StateListener,
 )
 from cachegate.pool._backends import Backend, make_backend
-from cachegate.pool._commands import IDEMPOTENT, READS
+from cachegate.pool._commands import IDEMPOTENT, READS, WRITES
 from cachegate.pool._errors import (
     ErrorKind,
     PoolExhaustedError,
@@ -81,6 +81,8 @@ class RedisConnectionPool:
             cap=config.retry.backoff_cap, base=config.retry.backoff_base
         )
         self._closed = False
+        self._wait_replicas = config.pool.wait_replicas
+        self._wait_timeout_ms = max(1, int(config.pool.wait_replicas_timeout * 1000))
         self._next_reap = clock() + self._reap_every()
 
     def _reap_every(self) -> float:
@@ -103,6 +105,12 @@ class RedisConnectionPool:
         """
         name = command.upper()
         cmd = (command, *args)
+        if self._wait_replicas and name in WRITES:
+            # Durable mode: the write and a WAIT go on one connection, in one round trip.
+            [reply] = self.execute_many([(name, *args)], timeout=timeout)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         result = self._with_retries(
             lambda read_timeout: self._backend.run(cmd, read_timeout),
             Deadline.after(timeout, self._clock),
@@ -128,11 +136,17 @@ class RedisConnectionPool:
         if not commands:
             return []
         names = {command[0] for command in commands}
+        durable = self._wait_replicas > 0 and not names.isdisjoint(WRITES)
+        sent: Sequence[Sequence[Any]] = commands
+        if durable:
+            sent = [*commands, ("WAIT", self._wait_replicas, self._wait_timeout_ms)]
         replies = self._with_retries(
-            lambda read_timeout: self._backend.run_batch(commands, read_timeout),
+            lambda read_timeout: self._backend.run_batch(sent, read_timeout),
             Deadline.after(timeout, self._clock),
             retryable=all(str(name).upper() in IDEMPOTENT for name in names),
         )
+        if durable:
+            self._confirm_replicated(commands, replies)
         hits = misses = 0
         for index, (command, reply) in enumerate(zip(commands, replies, strict=True)):
             if isinstance(reply, Exception):
@@ -285,6 +299,19 @@ class RedisConnectionPool:
         self._breaker.add_listener(listener)
 
     # --- internals -----------------------------------------------------------------
+
+    def _confirm_replicated(self, commands: Sequence[Sequence[Any]], replies: list[Any]) -> None:
+        """Turn writes that too few replicas confirmed into errors (never acknowledged)."""
+        acked = replies.pop()
+        if isinstance(acked, int) and acked >= self._wait_replicas:
+            return
+        error = RedisUnavailableError(
+            f"write not confirmed by {self._wait_replicas} replica(s) within "
+            f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS); it may or may not persist"
+        )
+        for index, command in enumerate(commands):
+            if command[0] in WRITES and not isinstance(replies[index], Exception):
+                replies[index] = error
 
     def _with_retries(
         self, call: Callable[[float], T], deadline: Deadline, *, retryable: bool
