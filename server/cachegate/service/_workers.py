@@ -94,7 +94,7 @@ class WorkerBody(Protocol):
 
 
 def available_cpus() -> list[int]:
-    """The CPUs this process may run on (cgroup/taskset aware where the OS says so)."""
+    """The CPUs this process may run on (taskset/cpuset aware; CPU quotas are not CPUs)."""
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
