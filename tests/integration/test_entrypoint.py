@@ -104,3 +104,27 @@ def test_port_taken_fails_loudly() -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
+
+
+def test_bad_tokens_file_stops_startup_in_worker_mode_too(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("too-short-Zk alice client\n")
+    for workers in ("1", "2"):
+        result = subprocess.run(
+            [SERVER],
+            env={
+                **os.environ,
+                "CACHEGATE_BACKEND": "redis",
+                "CACHEGATE_LISTEN": f"127.0.0.1:{free_port()}",
+                "CACHEGATE_HTTP_LISTEN": "off",
+                "CACHEGATE_WORKERS": workers,
+                "CACHEGATE_TOKENS_FILE": str(tokens),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "token shorter than 16 characters" in result.stderr
+        assert "too-short-Zk" not in result.stderr

@@ -473,3 +473,25 @@ def test_get_and_close_redis_pool_follow_the_environment(
         assert fresh.execute("get", "user_session") == b"data"
     finally:
         close_redis_pool()
+
+
+def test_health_check_waits_its_turn_for_a_connection(redis_server: RedisProcess) -> None:
+    pool = make_pool(redis_server.url, REDIS_MAX_CONNECTIONS="1")
+    with pool.get_client():  # the only connection is busy for the whole check
+        busy = pool.health_check()
+    assert busy["healthy"] is False
+    assert "REDIS_MAX_CONNECTIONS" in busy["error"]
+    held = threading.Event()
+
+    def hold_briefly() -> None:
+        with pool.get_client():
+            held.set()
+            time.sleep(0.2)
+
+    holder = threading.Thread(target=hold_briefly)
+    holder.start()
+    held.wait(2)
+    assert pool.health_check()["healthy"] is True  # waited for the connection to come back
+    holder.join()
+    assert redis_client_count(redis_server.client()) <= 1
+    pool.close()

@@ -212,8 +212,8 @@ class RedisConnectionPool:
     def health_check(self) -> dict[str, Any]:
         """The seed's health dict. Never raises: a down Redis gives healthy=False and why.
 
-        It pings Redis directly, past the breaker, so operators see the truth
-        even while the breaker keeps application calls away.
+        It waits at most one second for a free connection; a pool busy for longer
+        is reported as unhealthy, with that reason.
         """
         report: dict[str, Any] = {
             "healthy": False,
@@ -226,9 +226,14 @@ class RedisConnectionPool:
             "backend": self._backend.kind,
             "pool": self._pool_section(),
         }
+        timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
+        # Through the connection gate like any call (so REDIS_MAX_CONNECTIONS holds),
+        # but past the breaker: operators see Redis's truth while it keeps calls away.
+        if not self._slots.acquire(timeout):
+            report["error"] = f"PoolExhaustedError: {self._exhausted_message()}"
+            return report
         try:
             self._check_open()
-            timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
             start = time.perf_counter()
             self._backend.run(("PING",), timeout)
             report["ping_ms"] = round((time.perf_counter() - start) * 1000, 3)
@@ -236,6 +241,8 @@ class RedisConnectionPool:
         except Exception as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"
             return report
+        finally:
+            self._slots.release()
         report.update(
             healthy=True,
             version=info.version,

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +27,13 @@ from cachegate.service._servicer import CacheServicer
 from cachegate.service._tls import server_credentials
 from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2, cache_pb2_grpc
 
-__all__ = ["AddressInUseError", "CacheServer", "ServerStartError", "create_server"]
+__all__ = [
+    "AddressInUseError",
+    "CacheServer",
+    "ServerStartError",
+    "create_server",
+    "load_security",
+]
 
 log = logging.getLogger("cachegate.server")
 
@@ -68,6 +75,30 @@ class CacheServer:
         self.grpc_server.wait_for_termination()
 
 
+def load_security(
+    config: Config, *, credentials: bool = True
+) -> tuple[TokenTable | None, grpc.ServerCredentials | None]:
+    """Read the tokens file and TLS files; ServerStartError names what is wrong.
+
+    The entry point calls it before forking workers too (with credentials=False:
+    the files are read, but no gRPC object is made before a fork), so a bad file
+    stops start-up once, with one message, instead of failing in every worker.
+    """
+    security = config.security
+    try:
+        tokens = TokenTable.from_file(security.tokens_file) if security.tokens_file else None
+        made = None
+        if security.tls and credentials:
+            made = server_credentials(security)
+        elif security.tls:
+            for path in (security.tls_cert, security.tls_key, security.tls_client_ca):
+                if path:
+                    Path(path).read_bytes()
+    except (TokenTableError, OSError) as exc:
+        raise ServerStartError(str(exc)) from exc
+    return tokens, made
+
+
 def _log_transition(old: CircuitState, new: CircuitState) -> None:
     # The breaker calls each listener once per transition: one log line each.
     level = logging.INFO if new is CircuitState.CLOSED else logging.WARNING
@@ -92,11 +123,7 @@ def create_server(
     """
     limits = config.limits
     security = config.security
-    try:  # read the security files before anything else exists: nothing half-starts
-        tokens = TokenTable.from_file(security.tokens_file) if security.tokens_file else None
-        credentials = server_credentials(security) if security.tls else None
-    except (TokenTableError, OSError) as exc:
-        raise ServerStartError(str(exc)) from exc
+    tokens, credentials = load_security(config)  # before anything exists: nothing half-starts
     if tokens is not None:
         interceptors = (AuthInterceptor(tokens), *interceptors)
     pool = pool or RedisConnectionPool(config)

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from cachegate.core import SETTINGS, Config, ConfigError, load_config
+from cachegate.service._server import ServerStartError, load_security
 
 if TYPE_CHECKING:
     from cachegate.service._http import HttpSidePort
@@ -115,14 +116,18 @@ def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Se
 
     pool = RedisConnectionPool(config)
     metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
-    server, port = create_server(
-        config,
-        pool=pool,
-        reuse_port=workers > 1,
-        worker_id=worker_id,
-        workers=workers,
-        observer=metrics.observer,
-    )
+    try:
+        server, port = create_server(
+            config,
+            pool=pool,
+            reuse_port=workers > 1,
+            worker_id=worker_id,
+            workers=workers,
+            observer=metrics.observer,
+        )
+    except BaseException:
+        pool.close()
+        raise
     http = None
     if config.server.http_listen is not None:
         try:
@@ -162,6 +167,9 @@ def run(
     except OSError as exc:  # AddressInUseError, HttpListenError
         log.error("cannot start", extra={"reason": str(exc)})
         return 1
+    except ServerStartError as exc:  # an unusable tokens or certificate file
+        log.error("cannot start", extra={"reason": str(exc)})
+        return 2
     service.start()
     log.info(
         "serving",
@@ -198,6 +206,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cachegate-server: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.server.log_level)
+    try:
+        load_security(config, credentials=False)  # once, before any worker exists
+    except ServerStartError as exc:
+        print(f"cachegate-server: cannot start: {exc}", file=sys.stderr)
+        return 2
     # Counters' *_created series double /metrics for no use on a Prometheus server.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     plan = plan_workers(config, available_cpus())
