@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean
+.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench
 
 # A stamp per extra, remade when pyproject.toml changes.
 $(VENV)/.server: pyproject.toml
@@ -54,6 +54,11 @@ protos-check: $(VENV)/.dev
 
 unit: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: cachegate side by side with redis-benchmark and redis-py (prints a table, writes docs/bench.json)
+bench: $(VENV)/.dev system-deps
+	@command -v h2load >/dev/null 2>&1 || bash scripts/ensure-apt.sh nghttp2-client
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,459 @@
+"""`make bench`: cachegate side by side with Redis itself, on this machine, in one run.
+
+Prints a table and writes JSON (one record per measurement: name, concurrency,
+batch, ops_per_s, p50_ms, p99_ms, server_cpu_us_per_op). Server CPU comes from
+/proc/<pid>/stat of every server process (supervisor and workers): on a noisy
+2-core machine it is the figure that holds, where throughput moves with whatever
+else runs.
+
+Everything listens on 127.0.0.1; every load is bounded by count and time.
+This is a benchmark, not a test: it prints figures and checks results are
+correct, and fails only when a result is wrong or a tool is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import multiprocessing
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # redisprocs: real redis-server processes
+
+import grpc  # noqa: E402
+import redis  # noqa: E402
+
+from cachegate.v1 import cache_pb2 as pb  # noqa: E402
+from redisprocs import RedisProcess, free_port, start_standalone  # noqa: E402
+
+SERVER = str(Path(sys.executable).parent / "cachegate-server")
+KEYS = 1000
+VALUE = b"v" * 32
+
+
+@dataclass
+class Record:
+    name: str
+    concurrency: int
+    batch: int
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us_per_op: float | None
+    note: str = ""
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+# --- Redis itself -----------------------------------------------------------------------
+
+
+def redis_benchmark(port: int, test: str, pipeline: int, requests: int) -> Record:
+    out = subprocess.run(
+        [
+            "redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test.lower(),
+            "-n", str(requests), "-c", "50", "-P", str(pipeline), "-d", str(len(VALUE)),
+            "-r", str(KEYS), "--csv", "--precision", "3",
+        ],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    row = next(r for r in csv.DictReader(io.StringIO(out)) if r["test"].startswith(test))
+    return Record(
+        "redis-benchmark", 50, pipeline, float(row["rps"]),
+        float(row["p50_latency_ms"]), float(row["p99_latency_ms"]), None, f"{test}",
+    )  # fmt: skip
+
+
+def redis_py_threads(url: str, threads: int, seconds: float) -> Record:
+    client = redis.Redis.from_url(url, max_connections=threads)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def work(n: int) -> None:
+        mine = []
+        i = n
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            value = client.get(f"k{i % KEYS}")
+            mine.append(time.perf_counter() - start)
+            if value != VALUE:
+                raise AssertionError(f"wrong value for k{i % KEYS}: {value!r}")
+            i += threads
+        with lock:
+            latencies.extend(mine)
+
+    began = time.monotonic()
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.monotonic() - began
+    return Record(
+        "redis-py", threads, 1, len(latencies) / elapsed,
+        percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, None,
+        "GET, threads sharing one pool",
+    )  # fmt: skip
+
+
+def redis_py_pipelines(url: str, batch: int, seconds: float) -> Record:
+    client = redis.Redis.from_url(url)
+    keys = [f"k{i % KEYS}" for i in range(batch)]
+    latencies = []
+    stop = time.monotonic() + seconds
+    began = time.monotonic()
+    while time.monotonic() < stop:
+        start = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = pipe.execute()
+        latencies.append(time.perf_counter() - start)
+        if values != [VALUE] * batch:
+            raise AssertionError("wrong values from a redis-py pipeline")
+    elapsed = time.monotonic() - began
+    return Record(
+        "redis-py", 1, batch, len(latencies) * batch / elapsed,
+        percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, None,
+        "GET pipeline",
+    )  # fmt: skip
+
+
+# --- cachegate ----------------------------------------------------------------------------
+
+
+@dataclass
+class Cachegate:
+    process: subprocess.Popen[bytes]
+    port: int
+    http_port: int
+    workers: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [self.process.pid, *children(self.process.pid)]
+
+    def handled(self) -> dict[tuple[str, str], float]:
+        """grpc_server_handled_total by (method, code), summed over the workers."""
+        totals: dict[tuple[str, str], float] = {}
+        pattern = re.compile(
+            r'^grpc_server_handled_total\{[^}]*grpc_code="(\w+)"[^}]*grpc_method="(\w+)"[^}]*\}'
+            r" ([0-9.e+]+)$"
+        )
+        for worker in range(self.workers):
+            url = f"http://127.0.0.1:{self.http_port + worker}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                for line in reply.read().decode().splitlines():
+                    if m := pattern.match(line):
+                        key = (m.group(2), m.group(1))
+                        totals[key] = totals.get(key, 0.0) + float(m.group(3))
+        return totals
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port_block(count: int) -> int:
+    """A port p with p .. p+count-1 all free (one side port per worker)."""
+    for _ in range(200):
+        base = free_port()
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def start_cachegate(redis_url: str, workers: int) -> Cachegate:
+    port, http_port = free_port(), free_port_block(workers)
+    env = {
+        **os.environ,
+        "CACHEGATE_BACKEND": "redis",
+        "REDIS_URL": redis_url,
+        "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
+        "CACHEGATE_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "CACHEGATE_WORKERS": str(workers),
+        "CACHEGATE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([SERVER], env=env, stderr=subprocess.DEVNULL)
+    server = Cachegate(process, port, http_port, workers)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = channel.unary_unary(
+                    "/cachegate.v1.CacheService/Stats",
+                    request_serializer=None,
+                    response_deserializer=None,
+                )
+                stub(pb.StatsRequest().SerializeToString(), timeout=1)
+                if len(server.pids()) >= workers:
+                    time.sleep(0.5)
+                    return server
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("cachegate-server did not start")
+        time.sleep(0.2)
+
+
+def grpc_body(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+def h2load(
+    server: Cachegate, method: str, body: bytes, concurrency: int, requests: int, folder: Path
+) -> tuple[float, list[float], float]:
+    """ops/s, latencies (s) and server CPU seconds of one h2load run."""
+    data, log = folder / f"{method}.bin", folder / f"{method}-{concurrency}.log"
+    data.write_bytes(body)
+    connections = max(1, concurrency)
+    cpu_before = cpu_seconds(server.pids())
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "h2load", "-n", str(requests), "-c", str(connections), "-m", "1", "-t", "1",
+            "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"--log-file={log}", f"http://{server.target}/cachegate.v1.CacheService/{method}",
+        ],
+        capture_output=True, timeout=300, check=True,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    cpu = cpu_seconds(server.pids()) - cpu_before
+    latencies = [int(line.split("\t")[2]) / 1e6 for line in log.read_text().splitlines() if line]
+    return len(latencies) / elapsed, latencies, cpu
+
+
+def unary(server: Cachegate, folder: Path, concurrency: int, requests: int) -> list[Record]:
+    records = []
+    for method, body in (
+        ("Get", grpc_body(pb.GetRequest(key="k7"))),
+        ("SetEx", grpc_body(pb.SetExRequest(key="k7", value=VALUE, ttl_seconds=3600))),
+    ):
+        before = server.handled()
+        rate, latencies, cpu = h2load(server, method, body, concurrency, requests, folder)
+        after = server.handled()
+        ok = after.get((method, "OK"), 0) - before.get((method, "OK"), 0)
+        if ok != len(latencies):  # h2load sees HTTP 200 for any gRPC status: ask the server
+            raise AssertionError(f"{method}: {len(latencies)} requests but {ok} answered OK")
+        records.append(
+            Record(
+                f"cachegate-unary-{method.lower()}",
+                concurrency,
+                1,
+                rate,
+                percentile(latencies, 0.5) * 1000,
+                percentile(latencies, 0.99) * 1000,
+                cpu / len(latencies) * 1e6,
+                f"h2load, {server.workers} worker(s)",
+            )
+        )
+    return records
+
+
+def _pipeline_client(target: str, batch: int, streams: int, seconds: float, results: Any) -> None:
+    """One load process: `streams` streams in ping-pong, every result checked."""
+    request = pb.PipelineRequest(
+        operations=[pb.Operation(get=pb.GetOperation(key=f"k{i % KEYS}")) for i in range(batch)]
+    ).SerializeToString()
+    expected_values = [VALUE] * batch
+    latencies: list[float] = []
+    ops = 0
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def stream() -> None:
+        nonlocal ops
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        call = channel.stream_stream(
+            "/cachegate.v1.CacheService/Pipeline",
+            request_serializer=None,
+            response_deserializer=pb.PipelineResponse.FromString,
+        )
+        outbox: queue.Queue[bytes | None] = queue.Queue()
+
+        def requests() -> Iterator[bytes]:
+            while (item := outbox.get()) is not None:
+                yield item
+
+        replies = iter(call(requests(), timeout=seconds + 30))
+        mine = []
+        while time.monotonic() < stop_at:
+            start = time.perf_counter()
+            outbox.put(request)
+            reply = next(replies)
+            mine.append(time.perf_counter() - start)
+            if list(reply.values) != expected_values or len(reply.errors):
+                raise AssertionError("a Pipeline batch came back wrong")
+        outbox.put(None)
+        for _ in replies:
+            pass
+        channel.close()
+        with lock:
+            latencies.extend(mine)
+            ops += len(mine) * batch
+
+    threads = [threading.Thread(target=stream) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((ops, latencies))
+
+
+def pipeline(server: Cachegate, batch: int, seconds: float, processes: int, streams: int) -> Record:
+    context = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
+    results = context.Queue()
+    cpu_before = cpu_seconds(server.pids())
+    started = time.monotonic()
+    workers = [
+        context.Process(
+            target=_pipeline_client, args=(server.target, batch, streams, seconds, results)
+        )
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    collected = [results.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+        if w.exitcode != 0:
+            raise AssertionError("a Pipeline load process failed (wrong results?)")
+    elapsed = time.monotonic() - started
+    cpu = cpu_seconds(server.pids()) - cpu_before
+    ops = sum(n for n, _ in collected)
+    latencies = [x for _, lat in collected for x in lat]
+    return Record(
+        "cachegate-pipeline", processes * streams, batch, ops / elapsed,
+        percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
+        cpu / ops * 1e6, f"{server.workers} worker(s); latency per batch",
+    )  # fmt: skip
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def table(records: Sequence[Record]) -> str:
+    head = f"{'name':24} {'conc':>5} {'batch':>5} {'ops/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+    head += f"{'cpu us/op':>9}  note"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        cpu = f"{r.server_cpu_us_per_op:9.2f}" if r.server_cpu_us_per_op is not None else " " * 9
+        lines.append(
+            f"{r.name:24} {r.concurrency:5} {r.batch:5} {r.ops_per_s:11,.0f} {r.p50_ms:8.3f} "
+            f"{r.p99_ms:8.3f} {cpu}  {r.note}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=str(ROOT / "docs" / "bench.json"))
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--requests", type=int, default=40_000, help="per h2load run")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.requests = 1.0, 2000
+    for tool in ("h2load", "redis-benchmark", "redis-server"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
+            return 1
+    records: list[Record] = []
+    with tempfile.TemporaryDirectory(prefix="cachegate-bench-") as scratch:
+        folder = Path(scratch)
+        redis_proc: RedisProcess = start_standalone(folder / "redis")
+        try:
+            seed = redis_proc.client()
+            seed.mset({f"k{i}": VALUE for i in range(KEYS)})
+            for test in ("GET", "SET"):
+                for depth in (1, 16):
+                    records.append(redis_benchmark(redis_proc.port, test, depth, args.requests * 5))
+            records.append(redis_py_threads(redis_proc.url, 8, args.seconds))
+            records.append(redis_py_pipelines(redis_proc.url, 100, args.seconds))
+            print(table(records), flush=True)
+            server = start_cachegate(redis_proc.url, args.workers)
+            try:
+                for concurrency in (1, 16, 64):
+                    requests = args.requests if concurrency > 1 else args.requests // 4
+                    records += unary(server, folder, concurrency, requests)
+                for batch in (10, 100, 1000):
+                    records.append(pipeline(server, batch, args.seconds, 2, 4))
+            finally:
+                server.stop()
+        finally:
+            redis_proc.stop()
+    print()
+    print(table(records))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    medians = [r.server_cpu_us_per_op for r in records if r.server_cpu_us_per_op is not None]
+    if medians:
+        print(f"median server cpu us/op over cachegate runs: {statistics.median(medians):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
