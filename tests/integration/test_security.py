@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -342,3 +343,90 @@ def _free_port() -> int:
     from redisprocs import free_port
 
     return free_port()
+
+
+# --- secret hygiene ---------------------------------------------------------------------
+
+
+def test_no_password_or_token_in_logs_stats_metrics_health_or_errors(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    import uuid
+
+    from redisprocs import free_port
+
+    password = f"redis-pw-{uuid.uuid4().hex}"
+    wrong_token = f"wrong-token-{uuid.uuid4().hex}"
+    secrets = [password, ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, wrong_token]
+    redis = start_standalone(tmp_path / "redis", password=password)
+    port, http_port = free_port(), free_port()
+    log_path = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "CACHEGATE_BACKEND": "redis",
+        "REDIS_URL": redis.url,
+        "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
+        "CACHEGATE_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+        "CACHEGATE_WORKERS": "1",
+        "CACHEGATE_LOG_LEVEL": "DEBUG",
+        "CACHEGATE_TOKENS_FILE": str(tokens_file(tmp_path)),
+        "REDIS_FAILURE_THRESHOLD": "2",
+        "REDIS_SOCKET_TIMEOUT": "0.5",
+    }
+    server = Path(sys.executable).parent / "cachegate-server"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(server)], env=env, stderr=log, stdout=log)
+    seen: list[str] = []
+    try:
+        target = f"127.0.0.1:{port}"
+        probe = CacheClient(target, retries=False, timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(CacheUnavailableError):
+                if probe.health("cachegate.v1.CacheService") == "SERVING":
+                    break
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        probe.close()
+        alice, admin = (
+            CacheClient(target, token=ALICE_TOKEN),
+            CacheClient(target, token=ADMIN_TOKEN),
+        )
+        alice.set_ex("k", b"v", 60)
+        alice.pipeline([Get("k"), SetEx("k2", b"x", 0)])  # an invalid op's error message
+        seen.append(str(admin.stats()))
+        for token in (wrong_token, None):
+            with pytest.raises(Exception) as refused:  # noqa: PT011 - any error; we read its text
+                CacheClient(target, token=token, retries=False).get("k")
+            seen.append(str(refused.value))
+        channel = grpc.insecure_channel(target)
+        with pytest.raises(grpc.RpcError) as denied:
+            admin_pb2_grpc.AdminServiceStub(channel).ResetBreaker(
+                admin_pb2.ResetBreakerRequest(),
+                metadata=(("authorization", f"Bearer {BOB_TOKEN}"),),
+            )
+        seen.append(str(denied.value.details()))
+        channel.close()
+        redis.kill()  # error paths: refused connections, the breaker opening
+        for _ in range(3):
+            with pytest.raises(CacheUnavailableError) as down:
+                alice.get("k")
+            seen.append(str(down.value))
+        seen.append(str(admin.stats()))
+        for path in ("/metrics", "/health/redis"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=5) as r:
+                    seen.append(r.read().decode())
+            except urllib.error.HTTPError as exc:  # /health/redis answers 503 now
+                seen.append(exc.read().decode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        redis.stop()
+    seen.append(log_path.read_text())
+    assert "breaker transition" in seen[-1]  # the logs did cover the error paths
+    leaks = [(secret[:8], text[:80]) for text in seen for secret in secrets if secret in text]
+    assert leaks == []
