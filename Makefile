@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench
+.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench soak
 
 # A stamp per extra, remade when pyproject.toml changes.
 $(VENV)/.server: pyproject.toml
@@ -59,6 +59,11 @@ unit: $(VENV)/.dev
 bench: $(VENV)/.dev system-deps
 	@command -v h2load >/dev/null 2>&1 || bash scripts/ensure-apt.sh nghttp2-client
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+## soak: ten minutes of mixed load; RSS and Redis connections drawn in docs/soak.png
+soak: $(VENV)/.dev system-deps
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) scripts/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
