@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench soak
+.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench soak drills
 
 # A stamp per extra, remade when pyproject.toml changes.
 $(VENV)/.server: pyproject.toml
@@ -52,8 +52,13 @@ protos: $(VENV)/.dev
 protos-check: $(VENV)/.dev
 	$(PY) scripts/gen_protos.py --check
 
+# The fault drills and the fuzz suite run in `make drills`, not here.
 unit: $(VENV)/.dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/drills --ignore=tests/fuzz $(PYTEST_ARGS)
+
+## drills: fault drills (a real cachegate-server under load while Redis fails; prints a table) and tests/fuzz
+drills: $(VENV)/.dev system-deps
+	$(PY) -m pytest -s tests/drills $(wildcard tests/fuzz) $(DRILLS_ARGS)
 
 ## bench: cachegate side by side with redis-benchmark and redis-py (prints a table, writes docs/bench.json)
 bench: $(VENV)/.dev system-deps

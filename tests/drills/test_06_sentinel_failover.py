@@ -1,0 +1,87 @@
+"""Drill 6: Sentinel failover under write load, with durable writes (REDIS_WAIT_REPLICAS=1).
+
+Master + one replica + three sentinels; the server follows the master through the
+sentinels and acknowledges a write only once WAIT says the replica has it. The master is
+SIGKILLed under a write-heavy load; the sentinels promote the replica. With one replica
+and WAIT 1, writes can only be confirmed again once a replica exists, so the killed node
+comes back the way an orchestrator restarts it: as a replica of the new master (left to
+itself, Sentinel reconfigures a restarted old master only ~10 s after it is back).
+
+Bounds: writes resume within 10 s of the kill, and every acknowledged write is readable
+afterwards (durable mode is what makes this hold: an acknowledged write is on the replica
+that gets promoted).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from drills.harness import DrillRow, Report, StartGateway, breaker_delta
+from drills.load import Load, read_back, summarize
+from redisprocs import HOST, RedisProcess, SentinelSetup, wait_until
+
+pytestmark = [pytest.mark.drill, pytest.mark.slow]
+
+RESUME_WITHIN = 10.0
+DEADLINE = 1.5  # above REDIS_WAIT_TIMEOUT (1 s): an unconfirmed write fails UNAVAILABLE
+
+
+def test_sentinel_failover_with_durable_writes(
+    sentinel_setup: SentinelSetup, start_gateway: StartGateway, report: Report
+) -> None:
+    sentinels = ",".join(f"{host}:{port}" for host, port in sentinel_setup.sentinel_addresses)
+    gateway = start_gateway(
+        {
+            "CACHEGATE_BACKEND": "sentinel",
+            "REDIS_SENTINELS": sentinels,
+            "REDIS_SENTINEL_MASTER": sentinel_setup.master_name,
+            "REDIS_WAIT_REPLICAS": "1",
+            "REDIS_SOCKET_TIMEOUT": "0.5",
+        }
+    )
+    before = gateway.stats()
+    load = Load(gateway.target, "sent", deadline=DEADLINE, write_ratio=0.8, max_seconds=25)
+    with load:
+        load.wait_for_requests(300, timeout=5)
+        killed_at = time.monotonic()
+        new_host, new_port = sentinel_setup.kill_master_and_wait_failover()
+        failed_over = time.monotonic() - killed_at
+        old = sentinel_setup.replica  # the killed node
+        rejoined = RedisProcess(
+            old.workdir,
+            old.port,
+            extra_args=["--repl-diskless-sync-delay", "0", "--replicaof", new_host, str(new_port)],
+        )
+        sentinel_setup.replica = rejoined  # the fixture stops it at teardown
+        wait_until(
+            lambda: rejoined.client().info("replication").get("master_link_status") == "up",
+            timeout=10,
+            what=f"{HOST}:{old.port} to sync from the new master {new_port}",
+        )
+        deadline = killed_at + RESUME_WITHIN + 10
+        while not [r for r in load.records if r.op == "set" and r.ok and r.start > killed_at]:
+            assert time.monotonic() < deadline, gateway.log_tail()
+            time.sleep(0.05)
+        time.sleep(2)
+    after = gateway.stats()
+    records = load.records
+    summary = summarize(records)
+    resumed = min(r.end for r in records if r.op == "set" and r.ok and r.start > killed_at)
+    resumed_s = resumed - killed_at
+    lost = read_back(gateway.target, load.acked)
+    report(
+        DrillRow.of(
+            "6 sentinel failover (WAIT 1)",
+            summary,
+            lost=len(lost),
+            breaker=breaker_delta(before, after),
+            recover_s=resumed_s,
+            notes=f"failover {failed_over:.1f}s after kill; writes resumed {resumed_s:.1f}s "
+            f"after kill; acked={len(load.acked)} bad_reads={summary.bad_reads}",
+        )
+    )
+    assert resumed_s <= RESUME_WITHIN, f"writes resumed {resumed_s:.1f}s after the kill"
+    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert summary.bad_reads == 0
