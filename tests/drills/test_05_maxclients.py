@@ -2,8 +2,10 @@
 
 The server runs with REDIS_MAX_CONNECTIONS=4. Its connections are cut (CLIENT KILL) and
 their places taken by idle raw connections up to a small `maxclients`, so every
-connection it opens next is answered "ERR max number of clients reached". Expected: a
-clear status (UNAVAILABLE, the first ones naming the cause, then the open breaker's), no
+connection it opens next is answered "ERR max number of clients reached" and closed.
+The breaker threshold is set out of reach here (REDIS_FAILURE_THRESHOLD=1000000), so that
+every call meets Redis and every caller's message can be checked (drill 1 covers the
+breaker). Expected: a clear status for every call (UNAVAILABLE, naming the cause), no
 crash (the process lives, health "" stays SERVING), and recovery once the idle clients
 leave and maxclients is back, within REDIS_RECOVERY_TIMEOUT + 1 s.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections import Counter
 
 import grpc
 import pytest
@@ -60,6 +63,7 @@ def test_maxclients_reached(
             "CACHEGATE_BACKEND": "redis",
             "REDIS_URL": redis_server.url,
             "REDIS_MAX_CONNECTIONS": "4",
+            "REDIS_FAILURE_THRESHOLD": "1000000",
         }
     )
     before = gateway.stats()
@@ -95,9 +99,7 @@ def test_maxclients_reached(
     recovered = first_success_after(records, released_at)
     during = [r for r in records if r.start < released_at]
     named = sum(1 for r in during if CAUSE in r.message)
-    unclear = {r.message for r in during if not r.ok and CAUSE not in r.message} - {
-        r.message for r in during if "circuit breaker" in r.message
-    }
+    unclear = Counter(r.message for r in during if not r.ok and CAUSE not in r.message)
     lost = read_back(gateway.target, load.acked)
     report(
         DrillRow.of(
@@ -106,7 +108,8 @@ def test_maxclients_reached(
             lost=len(lost),
             breaker=breaker_delta(before, after),
             recover_s=recovered,
-            notes=f"{len(during)} calls while full: {named} named the cause; "
+            notes=f"{len(during)} calls while full: {named} named the cause, "
+            f"{sum(unclear.values())} did not; "
             f"health ''={'/'.join(sorted(set(health_during)))}; alive={gateway.alive()}",
         )
     )
@@ -114,9 +117,9 @@ def test_maxclients_reached(
     assert set(health_during) == {"SERVING"}, health_during
     failed_codes = {r.code for r in during if not r.ok}
     assert failed_codes == {grpc.StatusCode.UNAVAILABLE}, summary.failed_text
-    assert sum(1 for r in during if r.ok) == 0, "calls succeeded while Redis took no clients"
+    assert not [r for r in during if r.ok and r.end < released_at], "calls got through"
     assert named >= 1, "no caller was told why"
-    assert not unclear, f"failures that name neither the cause nor the breaker: {unclear}"
+    assert not unclear, f"callers not told the cause: {dict(unclear)}"
     assert recovered is not None
     assert recovered <= RECOVERY_TIMEOUT + 1, f"first success {recovered:.2f}s after release"
     assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
