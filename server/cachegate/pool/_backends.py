@@ -201,8 +201,10 @@ class ConnectionBackend:
         kind: str,
         pool: redis.ConnectionPool,
         info: Callable[[ConnectionBackend, float], ServerInfo] | None = None,
+        rewrite: Callable[[Command], Command] | None = None,
     ) -> None:
         self.kind = kind
+        self._rewrite = rewrite
         self._pool = pool
         self._client = redis.Redis(connection_pool=pool)
         self._callbacks: dict[str, Callable[..., Any]] = dict(self._client.response_callbacks)
@@ -217,6 +219,8 @@ class ConnectionBackend:
         return self._pool
 
     def run(self, command: Command, timeout: float) -> Any:
+        if self._rewrite is not None:
+            command = self._rewrite(command)
         conn = self._pool.get_connection()
         try:
             conn.send_command(*command)
@@ -232,6 +236,8 @@ class ConnectionBackend:
         # Consecutive GETs go as one MGET (order kept, one reply to parse instead of
         # one per key): the batch path's biggest saving. Only consecutive runs, so a
         # SETEX followed by a GET of the same key still reads the new value.
+        if self._rewrite is not None:
+            commands = [self._rewrite(command) for command in commands]
         wire, spans = _coalesce_gets(commands)
         conn = self._pool.get_connection()
         replies: list[Any] = []
@@ -306,6 +312,15 @@ def _memory_info(backend: ConnectionBackend, timeout: float) -> ServerInfo:
     )
 
 
+def _setex_as_set(command: Command) -> Command:
+    # fakeredis's SETEX stores int(now + ttl) as the expiry, cutting up to a second off
+    # (a ttl of 1 written late in a second is gone at once); SET ... EX keeps it whole.
+    if str(command[0]).upper() == "SETEX" and len(command) == 4:
+        _, key, ttl, value = command
+        return ("SET", key, value, "EX", ttl)
+    return command
+
+
 def _memory(config: Config) -> ConnectionBackend:
     import fakeredis  # only the memory backend needs it
 
@@ -315,7 +330,7 @@ def _memory(config: Config) -> ConnectionBackend:
         max_connections=config.pool.max_connections,
         retry=_no_retry(),
     )
-    return ConnectionBackend("memory", pool, _memory_info)
+    return ConnectionBackend("memory", pool, _memory_info, _setex_as_set)
 
 
 def _standalone(config: Config) -> ConnectionBackend:

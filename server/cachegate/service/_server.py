@@ -7,25 +7,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from cachegate.core import CircuitState, Config
 from cachegate.pool import RedisConnectionPool
 from cachegate.service._admin import AdminServicer
 from cachegate.service._auth import AuthInterceptor, TokenTable, TokenTableError
+from cachegate.service._decode import add_service
 from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
 from cachegate.service._tls import server_credentials
-from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2, cache_pb2_grpc
+from cachegate.v1 import admin_pb2, cache_pb2
 
 __all__ = [
     "AddressInUseError",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("cachegate.server")
+
+
+# Seconds past the grace period that a stop may take before we give up waiting.
+STOP_MARGIN = 5.0
 
 
 class ServerStartError(Exception):
@@ -68,7 +74,9 @@ class CacheServer:
         self._stopped.set()
         self.health.shutdown()
         grace = self.config.server.grace_seconds if grace is None else grace
-        self.grpc_server.stop(grace).wait()
+        # Bounded: a call grpc never finishes must not keep SIGTERM from ending us.
+        if not self.grpc_server.stop(grace).wait(grace + STOP_MARGIN):
+            log.warning("calls were still open after the grace period; stopping anyway")
         self.pool.close()
 
     def wait(self) -> None:
@@ -97,6 +105,11 @@ def load_security(
     except (TokenTableError, OSError) as exc:
         raise ServerStartError(str(exc)) from exc
     return tokens, made
+
+
+def _behaviors(servicer: object, service: ServiceDescriptor) -> dict[str, Callable[..., Any]]:
+    """Each RPC of `service` bound to the servicer's method of the same name."""
+    return {method.name: getattr(servicer, method.name) for method in service.methods}
 
 
 def _log_transition(old: CircuitState, new: CircuitState) -> None:
@@ -146,22 +159,25 @@ def create_server(
         options=options,
         interceptors=list(interceptors) or None,
     )
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(
-        CacheServicer(
-            pool, limits, worker_id=worker_id, workers=workers, observer=observer, tokens=tokens
-        ),
-        server,
+    servicer = CacheServicer(
+        pool, limits, worker_id=worker_id, workers=workers, observer=observer, tokens=tokens
+    )
+    cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
+    add_service(  # the servicer answers undecodable requests itself (metrics see them)
+        server, cache_service, _behaviors(servicer, cache_service), guarded=False
     )
     services = [
         cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     ]
     if tokens is not None:  # admin RPCs exist only where callers are authenticated
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(pool), server)
+        admin_service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+        add_service(server, admin_service, _behaviors(AdminServicer(pool), admin_service))
         services.append(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
     pool.add_state_listener(_log_transition)
     health = HealthReporter(pool)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    add_service(server, health_service, _behaviors(health.servicer, health_service))
     if config.server.reflection:
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
     address = listen or config.server.listen

@@ -15,6 +15,7 @@ from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, RedisConnectionPool
 from cachegate.service._admin import breaker_stats
 from cachegate.service._auth import Identity, TokenTable
+from cachegate.service._decode import Undecodable, undecodable_message
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._status import (
@@ -60,6 +61,8 @@ def _unary(
         observer.started(name)
         start = time.perf_counter()
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgumentError("request", undecodable_message(request))
             response = method(self, request, context)
         except Exception as exc:
             rejection = _rejection(exc, name)
@@ -156,6 +159,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             # grpc hands us one request at a time and HTTP/2 flow control holds the rest
             # back, so a fast sender never makes us buffer without bound.
             for batch in request_iterator:
+                if isinstance(batch, Undecodable):
+                    rejection = _rejection(
+                        InvalidArgumentError("batch", undecodable_message(batch)), "Pipeline"
+                    )
+                    code = rejection.code
+                    abort(context, rejection)
                 if len(batch.operations) > self._limits.max_batch_ops:
                     rejection = _rejection(
                         InvalidArgumentError(
@@ -282,7 +291,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             return None
         identity = self._tokens.identity(context.invocation_metadata())
         if identity is None:  # unreachable behind AuthInterceptor; never serve unscoped
-            raise PermissionError("no identity for this call")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
         return identity
 
     def _count_batch(self, tenant: str, reply: pb.PipelineResponse) -> None:
