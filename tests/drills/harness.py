@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +325,6 @@ class DrillRow:
     notes: str = ""
     nodeid: str = ""
     outcome: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(
