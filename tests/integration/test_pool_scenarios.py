@@ -495,3 +495,59 @@ def test_health_check_waits_its_turn_for_a_connection(redis_server: RedisProcess
     holder.join()
     assert redis_client_count(redis_server.client()) <= 1
     pool.close()
+
+
+def test_a_new_connections_health_ping_respects_the_deadline(redis_server: RedisProcess) -> None:
+    # redis-py PINGs a new (or long idle) connection before the first command and, left
+    # alone, waits the whole socket timeout for the answer: 5 s for a 0.2 s budget.
+    pool = make_pool(redis_server.url, REDIS_HEALTH_CHECK_INTERVAL="1")
+    redis_server.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            pool.execute("get", "k", timeout=0.2)
+        assert time.monotonic() - start < 0.5
+    finally:
+        redis_server.resume()
+    pool.execute("get", "k")  # warm, then idle past the health-check interval
+    time.sleep(1.1)
+    redis_server.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            pool.execute("get", "k", timeout=0.2)
+        assert time.monotonic() - start < 0.5
+    finally:
+        redis_server.resume()
+    pool.close()
+
+
+def test_max_clients_is_named_not_hidden(redis_server: RedisProcess) -> None:
+    import socket
+
+    pool = make_pool(redis_server.url, REDIS_FAILURE_THRESHOLD="1000000", REDIS_RETRY_ATTEMPTS="0")
+    pool.execute("ping")
+    admin = redis_server.client()
+    admin.config_set("maxclients", 2)  # the admin connection and one more
+    admin.client_kill_filter(_type="normal", skipme=True)  # our pooled connection is gone
+    filler = socket.create_connection(("127.0.0.1", redis_server.port))
+    try:
+        time.sleep(0.1)
+        messages = []
+        for _ in range(30):
+            with pytest.raises(RedisUnavailableError) as caught:
+                pool.execute("get", "k", timeout=1)
+            messages.append(str(caught.value))
+        assert all("max number of clients" in m for m in messages), set(messages)
+    finally:
+        filler.close()
+        admin.config_set("maxclients", 10000)
+    deadline = time.monotonic() + 3
+    while True:  # recovery once the extra client leaves
+        try:
+            assert pool.execute("get", "k") is None
+            break
+        except RedisUnavailableError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    pool.close()

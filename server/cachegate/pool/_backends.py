@@ -168,6 +168,23 @@ class ReapingSentinelConnectionPool(IdleReaping, SentinelConnectionPool):
     pass
 
 
+# How long the diagnosis of a refused connection may wait for Redis's reason.
+PROBE_TIMEOUT = 0.2
+
+
+def _check_health(conn: Any, timeout: float) -> None:
+    """redis-py's PING of an idle (or new) connection, but within the caller's timeout.
+
+    redis-py sends it from send_command() and waits the full socket timeout for the
+    reply, past any deadline; here the same check waits `timeout` at most.
+    """
+    if conn.health_check_interval and time.monotonic() > conn.next_health_check:
+        conn.send_command("PING", check_health=False)
+        if conn.read_response(timeout=timeout) not in (b"PONG", "PONG"):
+            conn.disconnect()
+            raise redis.ConnectionError("Bad response from PING health check")
+
+
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
     """Runs of GET become one MGET; spans[i] is how many GETs wire[i] answers (0: not an MGET).
 
@@ -221,9 +238,10 @@ class ConnectionBackend:
     def run(self, command: Command, timeout: float) -> Any:
         if self._rewrite is not None:
             command = self._rewrite(command)
-        conn = self._pool.get_connection()
+        conn = self._checkout()
         try:
-            conn.send_command(*command)
+            _check_health(conn, timeout)
+            conn.send_command(*command, check_health=False)
             # redis-py disconnects the connection on any error or interruption here,
             # so a late reply can never be read by the next caller (CVE-2023-28858).
             response = conn.read_response(timeout=timeout)
@@ -239,10 +257,11 @@ class ConnectionBackend:
         if self._rewrite is not None:
             commands = [self._rewrite(command) for command in commands]
         wire, spans = _coalesce_gets(commands)
-        conn = self._pool.get_connection()
+        conn = self._checkout()
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(wire))
+            _check_health(conn, timeout)
+            conn.send_packed_command(conn.pack_commands(wire), check_health=False)
             for _ in wire:
                 try:
                     replies.append(conn.read_response(timeout=timeout))
@@ -266,13 +285,40 @@ class ConnectionBackend:
         # argument in Python, which costs more than the read itself at batch sizes.
         # hiredis's stub types the argument as a 1-tuple; it packs any number of them.
         packed = hiredis.pack_command(("MGET", *keys))  # type: ignore[arg-type]
-        conn = self._pool.get_connection()
+        conn = self._checkout()
         try:
-            conn.send_packed_command([packed])
+            _check_health(conn, timeout)
+            conn.send_packed_command([packed], check_health=False)
             result: list[Any] = conn.read_response(timeout=timeout)
         finally:
             self._pool.release(conn)
         return result
+
+    def _checkout(self) -> Any:
+        try:
+            return self._pool.get_connection()
+        except redis.ConnectionError as exc:
+            # redis-py reports a new connection on which Redis already wrote something
+            # (an error, then it hung up) as "Connection not ready"/"has data", and the
+            # error itself is lost. Ask Redis once more to name it (max clients, ...).
+            if "not ready" not in str(exc) and "has data" not in str(exc):
+                raise
+            reason = self._why_refused()
+            if reason is None:
+                raise
+            raise redis.ConnectionError(reason) from exc
+
+    def _why_refused(self) -> str | None:
+        probe = self._pool.connection_class(**self._pool.connection_kwargs)
+        try:
+            probe.connect()
+            probe.send_command("PING", check_health=False)
+            probe.read_response(timeout=PROBE_TIMEOUT)
+        except redis.RedisError as exc:
+            return str(exc)
+        finally:
+            probe.disconnect()
+        return None
 
     def _callback(self, command: Command) -> Callable[..., Any] | None:
         name = str(command[0]).upper()
