@@ -311,8 +311,14 @@ def unary(server: Cachegate, folder: Path, concurrency: int, requests: int) -> l
     return records
 
 
-def _pipeline_client(target: str, batch: int, streams: int, seconds: float, results: Any) -> None:
-    """One load process: `streams` streams in ping-pong, every result checked."""
+def _pipeline_client(
+    target: str, batch: int, streams: int, seconds: float, window: int, results: Any
+) -> None:
+    """One load process: `streams` streams, each with up to `window` batches in flight.
+
+    Every reply is checked (values and no errors). Latency is per batch, from the
+    moment it is handed to gRPC to its reply (replies come back in order).
+    """
     request = pb.PipelineRequest(
         operations=[pb.Operation(get=pb.GetOperation(key=f"k{i % KEYS}")) for i in range(batch)]
     ).SerializeToString()
@@ -330,24 +336,21 @@ def _pipeline_client(target: str, batch: int, streams: int, seconds: float, resu
             request_serializer=None,
             response_deserializer=pb.PipelineResponse.FromString,
         )
-        outbox: queue.Queue[bytes | None] = queue.Queue()
+        slots = threading.Semaphore(window)
+        sent: queue.Queue[float] = queue.Queue()
 
         def requests() -> Iterator[bytes]:
-            while (item := outbox.get()) is not None:
-                yield item
+            while time.monotonic() < stop_at:
+                slots.acquire()
+                sent.put(time.perf_counter())
+                yield request
 
-        replies = iter(call(requests(), timeout=seconds + 30))
         mine = []
-        while time.monotonic() < stop_at:
-            start = time.perf_counter()
-            outbox.put(request)
-            reply = next(replies)
-            mine.append(time.perf_counter() - start)
+        for reply in call(requests(), timeout=seconds + 30):
+            mine.append(time.perf_counter() - sent.get())
+            slots.release()
             if list(reply.values) != expected_values or len(reply.errors):
                 raise AssertionError("a Pipeline batch came back wrong")
-        outbox.put(None)
-        for _ in replies:
-            pass
         channel.close()
         with lock:
             latencies.extend(mine)
@@ -361,14 +364,17 @@ def _pipeline_client(target: str, batch: int, streams: int, seconds: float, resu
     results.put((ops, latencies))
 
 
-def pipeline(server: Cachegate, batch: int, seconds: float, processes: int, streams: int) -> Record:
+def pipeline(
+    server: Cachegate, batch: int, seconds: float, processes: int, streams: int, window: int = 4
+) -> Record:
     context = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
     results = context.Queue()
     cpu_before = cpu_seconds(server.pids())
     started = time.monotonic()
     workers = [
         context.Process(
-            target=_pipeline_client, args=(server.target, batch, streams, seconds, results)
+            target=_pipeline_client,
+            args=(server.target, batch, streams, seconds, window, results),
         )
         for _ in range(processes)
     ]
@@ -386,7 +392,7 @@ def pipeline(server: Cachegate, batch: int, seconds: float, processes: int, stre
     return Record(
         "cachegate-pipeline", processes * streams, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
-        cpu / ops * 1e6, f"{server.workers} worker(s); latency per batch",
+        cpu / ops * 1e6, f"{server.workers} worker(s), {window} batches in flight per stream",
     )  # fmt: skip
 
 
@@ -413,6 +419,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40_000, help="per h2load run")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    parser.add_argument(
+        "--only", choices=("redis", "unary", "pipeline"), action="append", help="some parts only"
+    )
+    parser.add_argument("--clients", type=int, default=2, help="Pipeline load processes")
+    parser.add_argument("--streams", type=int, default=2, help="streams per load process")
+    parser.add_argument("--window", type=int, default=4, help="batches in flight per stream")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.requests = 1.0, 2000
@@ -427,19 +439,27 @@ def main() -> int:
         try:
             seed = redis_proc.client()
             seed.mset({f"k{i}": VALUE for i in range(KEYS)})
-            for test in ("GET", "SET"):
-                for depth in (1, 16):
-                    records.append(redis_benchmark(redis_proc.port, test, depth, args.requests * 5))
-            records.append(redis_py_threads(redis_proc.url, 8, args.seconds))
-            records.append(redis_py_pipelines(redis_proc.url, 100, args.seconds))
-            print(table(records), flush=True)
+            parts = set(args.only or ("redis", "unary", "pipeline"))
+            if "redis" in parts:
+                for test in ("GET", "SET"):
+                    for depth in (1, 16):
+                        records.append(
+                            redis_benchmark(redis_proc.port, test, depth, args.requests * 5)
+                        )
+                records.append(redis_py_threads(redis_proc.url, 8, args.seconds))
+                records.append(redis_py_pipelines(redis_proc.url, 100, args.seconds))
+                print(table(records), flush=True)
             server = start_cachegate(redis_proc.url, args.workers)
             try:
-                for concurrency in (1, 16, 64):
+                for concurrency in (1, 16, 64) if "unary" in parts else ():
                     requests = args.requests if concurrency > 1 else args.requests // 4
                     records += unary(server, folder, concurrency, requests)
-                for batch in (10, 100, 1000):
-                    records.append(pipeline(server, batch, args.seconds, 2, 4))
+                for batch in (10, 100, 1000) if "pipeline" in parts else ():
+                    records.append(
+                        pipeline(
+                            server, batch, args.seconds, args.clients, args.streams, args.window
+                        )
+                    )
             finally:
                 server.stop()
         finally:

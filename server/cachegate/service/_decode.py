@@ -75,16 +75,20 @@ def add_service(
     behaviors: Mapping[str, Callable[..., Any]],
     *,
     guarded: bool = True,
+    raw: frozenset[str] = frozenset(),
 ) -> None:
     """Register `behaviors` (method name -> servicer method) for `service`.
 
     With guarded=False the behaviors receive Undecodable themselves (the cache
     servicer does, so its metrics and error mapping see the bad request too).
+    Methods named in `raw` get the request bytes unparsed (they parse themselves).
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behavior = behaviors[method.name]
-        request = _tolerant(message_factory.GetMessageClass(method.input_type))
+        request: Callable[[bytes], Any] | None = None
+        if method.name not in raw:
+            request = _tolerant(message_factory.GetMessageClass(method.input_type))
         response = message_factory.GetMessageClass(method.output_type).SerializeToString
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:

@@ -164,7 +164,11 @@ def create_server(
     )
     cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
     add_service(  # the servicer answers undecodable requests itself (metrics see them)
-        server, cache_service, _behaviors(servicer, cache_service), guarded=False
+        server,
+        cache_service,
+        _behaviors(servicer, cache_service),
+        guarded=False,
+        raw=frozenset({"Pipeline"}),
     )
     services = [
         cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,

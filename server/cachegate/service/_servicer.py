@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, RedisConnectionPool
 from cachegate.service._admin import breaker_stats
 from cachegate.service._auth import Identity, TokenTable
 from cachegate.service._decode import Undecodable, undecodable_message
+from cachegate.service._fastpath import get_only_keys
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._status import (
@@ -135,8 +137,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         removed = self._pool.execute("DEL", key, timeout=context.time_remaining())
         return pb.DeleteResponse(deleted=bool(removed))
 
-    def Pipeline(
-        self, request_iterator: Iterable[pb.PipelineRequest], context: grpc.ServicerContext
+    def Pipeline(  # type: ignore[override]  # requests arrive as bytes (see _fastpath)
+        self, request_iterator: Iterable[bytes], context: grpc.ServicerContext
     ) -> Iterator[pb.PipelineResponse]:
         self._observer.started("Pipeline")
         start = time.perf_counter()
@@ -156,27 +158,23 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             )
         try:
             tenant = self._tenant(context)
+            prefix = tenant.prefix if tenant else ""
+            namespace = prefix.encode()
             # grpc hands us one request at a time and HTTP/2 flow control holds the rest
-            # back, so a fast sender never makes us buffer without bound.
-            for batch in request_iterator:
-                if isinstance(batch, Undecodable):
-                    rejection = _rejection(
-                        InvalidArgumentError("batch", undecodable_message(batch)), "Pipeline"
-                    )
+            # back, so a fast sender never makes us buffer without bound. Requests come
+            # as bytes: a batch of plain gets skips the full parse (see _fastpath).
+            for data in request_iterator:
+                try:
+                    parsed = self._parse_batch(data)
+                except InvalidArgumentError as exc:
+                    rejection = _rejection(exc, "Pipeline")
                     code = rejection.code
                     abort(context, rejection)
-                if len(batch.operations) > self._limits.max_batch_ops:
-                    rejection = _rejection(
-                        InvalidArgumentError(
-                            "operations",
-                            f"batch has {len(batch.operations)} operations; the limit is "
-                            f"{self._limits.max_batch_ops}",
-                        ),
-                        "Pipeline",
-                    )
-                    code = rejection.code
-                    abort(context, rejection)
-                reply = self._run_batch(batch, context, tenant.prefix if tenant else "")
+                if isinstance(parsed, list):  # gets only: the fast path
+                    keys = [namespace + key for key in parsed] if namespace else parsed
+                    reply = self._get_batch(keys, context)
+                else:
+                    reply = self._run_batch(parsed, context, prefix)
                 if tenant is not None:
                     self._count_batch(tenant.tenant, reply)
                 yield reply
@@ -184,6 +182,25 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         finally:
             self._streams.release()
             self._observer.handled("Pipeline", code, time.perf_counter() - start)
+
+    def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:
+        """The keys of a batch of plain gets, or the parsed batch; InvalidArgumentError."""
+        keys = get_only_keys(data, self._limits.max_key_bytes)
+        if keys is None:
+            try:
+                batch = pb.PipelineRequest.FromString(data)
+            except DecodeError as exc:
+                name = pb.PipelineRequest.DESCRIPTOR.full_name
+                raise InvalidArgumentError(
+                    "batch", undecodable_message(Undecodable(name, str(exc)))
+                ) from None
+        size = len(keys) if keys is not None else len(batch.operations)
+        if size > self._limits.max_batch_ops:
+            raise InvalidArgumentError(
+                "operations",
+                f"batch has {size} operations; the limit is {self._limits.max_batch_ops}",
+            )
+        return keys if keys is not None else batch
 
     def _run_batch(
         self, batch: pb.PipelineRequest, context: grpc.ServicerContext, prefix: str = ""
@@ -249,7 +266,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
         )
 
-    def _get_batch(self, keys: list[str], context: grpc.ServicerContext) -> pb.PipelineResponse:
+    def _get_batch(
+        self, keys: list[str] | list[bytes], context: grpc.ServicerContext
+    ) -> pb.PipelineResponse:
         """A batch of valid gets only (the common read path): one multi-key read."""
         try:
             found = self._pool.get_many(keys, timeout=context.time_remaining())
@@ -263,6 +282,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     pb.OperationError(index=i, code=code, message=message) for i in range(len(keys))
                 ],
             )
+        if None not in found:  # every key hit: no per-value test needed
+            return pb.PipelineResponse(outcomes=[_VALUE] * len(found), values=found)
         return pb.PipelineResponse(
             outcomes=[_NOT_FOUND if v is None else _VALUE for v in found],
             values=[_EMPTY if v is None else v for v in found],
