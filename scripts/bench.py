@@ -422,8 +422,15 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=("redis", "unary", "pipeline"), action="append", help="some parts only"
     )
-    parser.add_argument("--clients", type=int, default=2, help="Pipeline load processes")
-    parser.add_argument("--streams", type=int, default=2, help="streams per load process")
+    parser.add_argument(
+        "--pipeline-workers",
+        type=int,
+        default=1,
+        help="server workers for the Pipeline runs (default 1: the Python load tool needs "
+        "the other core of a 2-core machine to keep one worker busy)",
+    )
+    parser.add_argument("--clients", type=int, default=1, help="Pipeline load processes")
+    parser.add_argument("--streams", type=int, default=4, help="streams per load process")
     parser.add_argument("--window", type=int, default=4, help="batches in flight per stream")
     args = parser.parse_args()
     if args.quick:
@@ -449,19 +456,25 @@ def main() -> int:
                 records.append(redis_py_threads(redis_proc.url, 8, args.seconds))
                 records.append(redis_py_pipelines(redis_proc.url, 100, args.seconds))
                 print(table(records), flush=True)
-            server = start_cachegate(redis_proc.url, args.workers)
-            try:
-                for concurrency in (1, 16, 64) if "unary" in parts else ():
-                    requests = args.requests if concurrency > 1 else args.requests // 4
-                    records += unary(server, folder, concurrency, requests)
-                for batch in (10, 100, 1000) if "pipeline" in parts else ():
-                    records.append(
-                        pipeline(
-                            server, batch, args.seconds, args.clients, args.streams, args.window
+            if "unary" in parts:
+                server = start_cachegate(redis_proc.url, args.workers)
+                try:
+                    for concurrency in (1, 16, 64):
+                        requests = args.requests if concurrency > 1 else args.requests // 4
+                        records += unary(server, folder, concurrency, requests)
+                finally:
+                    server.stop()
+            if "pipeline" in parts:
+                server = start_cachegate(redis_proc.url, args.pipeline_workers)
+                try:
+                    for batch in (10, 100, 1000):
+                        records.append(
+                            pipeline(
+                                server, batch, args.seconds, args.clients, args.streams, args.window
+                            )
                         )
-                    )
-            finally:
-                server.stop()
+                finally:
+                    server.stop()
         finally:
             redis_proc.stop()
     print()
