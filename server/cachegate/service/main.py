@@ -23,12 +23,6 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-# Before grpc is first imported: serve with gRPC's previous TCP listener, which cost
-# ~15% less CPU per unary call on this kind of machine (docs/performance.md). An
-# operator's own GRPC_EXPERIMENTS wins; an unknown name is only logged by gRPC, so
-# this keeps working if upstream retires the experiment.
-os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_listener")
-
 from cachegate.core import SETTINGS, Config, ConfigError, load_config
 from cachegate.service._server import ServerStartError, load_security
 
