@@ -427,6 +427,14 @@ class _LocalBackend:
         self._proc = None
 
 
+def _testcontainers_redis() -> Any:
+    # testcontainers 4.10+ moved the Redis module under `community`; older ones have it top-level.
+    try:
+        return importlib.import_module("testcontainers.community.redis")
+    except ImportError:
+        return importlib.import_module("testcontainers.redis")
+
+
 class _DockerBackend:
     """The fallback when no binary exists: a ``redis`` container via testcontainers.
 
@@ -454,7 +462,7 @@ class _DockerBackend:
             self._tc.get_wrapped_container().start()  # restart after kill: same container.
             return
         try:
-            module: Any = importlib.import_module("testcontainers.redis")
+            module: Any = _testcontainers_redis()
         except ImportError as exc:
             raise RedisUnavailableError(
                 "Docker is available but testcontainers is not installed: "
