@@ -207,15 +207,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> pb.PipelineResponse:
         operations = batch.operations
         size = len(operations)
+        # A key of at most this many characters is within the byte limit whatever it
+        # holds (UTF-8 takes at most 4 bytes a character): no encoding needed to check it.
         short_key = self._limits.max_key_bytes // 4
-        if size:
-            # Reading op.get of any other kind of operation gives the empty default, so a
-            # batch whose keys are all non-empty is a batch of gets only.
-            keys = [op.get.key for op in operations]
-            if min(map(len, keys)) > 0 and max(map(len, keys)) <= short_key:
-                if prefix:
-                    keys = [prefix + key for key in keys]
-                return self._get_batch(keys, context)
         outcomes = [pb.OUTCOME_UNSPECIFIED] * size
         values = [b""] * size
         errors: list[tuple[int, int, str]] = []
