@@ -15,6 +15,18 @@ from redisprocs import ClusterSetup, RedisProcess, SentinelSetup
 pytestmark = pytest.mark.slow
 
 
+def sentinel_pool(setup: SentinelSetup, **env: str) -> RedisConnectionPool:
+    """A pool that finds its master through the setup's three sentinels."""
+    addresses = ",".join(f"{h}:{p}" for h, p in setup.sentinel_addresses)
+    settings = {
+        "CACHEGATE_BACKEND": "sentinel",
+        "REDIS_SENTINELS": addresses,
+        "REDIS_SENTINEL_MASTER": setup.master_name,
+        **env,
+    }
+    return RedisConnectionPool(load_config(settings))
+
+
 def _role(node: RedisProcess) -> str | None:
     # Sentinel kills the demoted master's clients (ours too): a dropped connection
     # here only means "ask again".
@@ -39,19 +51,12 @@ def write_until_ok(pool: RedisConnectionPool, key: str, value: bytes, within: fl
 
 
 def test_sentinel_failover_reaches_the_new_master(sentinel_setup: SentinelSetup) -> None:
-    addresses = ",".join(f"{h}:{p}" for h, p in sentinel_setup.sentinel_addresses)
-    pool = RedisConnectionPool(
-        load_config(
-            {
-                "CACHEGATE_BACKEND": "sentinel",
-                "REDIS_SENTINELS": addresses,
-                "REDIS_SENTINEL_MASTER": sentinel_setup.master_name,
-                "REDIS_SOCKET_TIMEOUT": "0.5",
-                "REDIS_RECOVERY_TIMEOUT": "1",
-                "REDIS_RETRY_BACKOFF_BASE": "0.05",
-                "REDIS_RETRY_BACKOFF_CAP": "0.2",
-            }
-        )
+    pool = sentinel_pool(
+        sentinel_setup,
+        REDIS_SOCKET_TIMEOUT="0.5",
+        REDIS_RECOVERY_TIMEOUT="1",
+        REDIS_RETRY_BACKOFF_BASE="0.05",
+        REDIS_RETRY_BACKOFF_CAP="0.2",
     )
     key = f"failover:{uuid.uuid4().hex}"
     pool.execute("setex", key, 60, b"before")
@@ -76,17 +81,10 @@ def test_sentinel_failover_reaches_the_new_master(sentinel_setup: SentinelSetup)
 def test_durable_writes_are_acknowledged_only_once_replicated(
     sentinel_setup: SentinelSetup,
 ) -> None:
-    addresses = ",".join(f"{h}:{p}" for h, p in sentinel_setup.sentinel_addresses)
-    pool = RedisConnectionPool(
-        load_config(
-            {
-                "CACHEGATE_BACKEND": "sentinel",
-                "REDIS_SENTINELS": addresses,
-                "REDIS_SENTINEL_MASTER": sentinel_setup.master_name,
-                "REDIS_WAIT_REPLICAS": "1",
-                "REDIS_WAIT_TIMEOUT": "0.3",
-            }
-        )
+    pool = sentinel_pool(
+        sentinel_setup,
+        REDIS_WAIT_REPLICAS="1",
+        REDIS_WAIT_TIMEOUT="0.3",
     )
     assert pool.execute("setex", "durable", 60, b"1") is True
     assert sentinel_setup.replica.client().get("durable") == b"1"  # there before the ack
@@ -107,16 +105,9 @@ def test_sentinel_demoted_master_readonly_triggers_rediscovery(
     sentinel_setup: SentinelSetup,
 ) -> None:
     """A master turned replica (still up) must not take our writes: they go to the new one."""
-    addresses = ",".join(f"{h}:{p}" for h, p in sentinel_setup.sentinel_addresses)
-    pool = RedisConnectionPool(
-        load_config(
-            {
-                "CACHEGATE_BACKEND": "sentinel",
-                "REDIS_SENTINELS": addresses,
-                "REDIS_SENTINEL_MASTER": sentinel_setup.master_name,
-                "REDIS_SOCKET_TIMEOUT": "0.5",
-            }
-        )
+    pool = sentinel_pool(
+        sentinel_setup,
+        REDIS_SOCKET_TIMEOUT="0.5",
     )
     pool.execute("set", "a", 1)  # a pooled connection to the current master
     old = sentinel_setup.master

@@ -19,7 +19,6 @@ class CallStats:
     calls_total: int
     failures_total: int
     retries_total: int
-    rejected_total: int
     wait_timeouts_total: int
     hits_total: int
     misses_total: int
@@ -39,14 +38,13 @@ class CallCounters:
         "_hits",
         "_lock",
         "_misses",
-        "_rejected",
         "_retries",
         "_wait_timeouts",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls = self._failures = self._retries = self._rejected = 0
+        self._calls = self._failures = self._retries = 0
         self._wait_timeouts = self._hits = self._misses = 0
 
     def call(self, n: int = 1) -> None:
@@ -60,10 +58,6 @@ class CallCounters:
     def retry(self) -> None:
         with self._lock:
             self._retries += 1
-
-    def rejected(self) -> None:
-        with self._lock:
-            self._rejected += 1
 
     def wait_timeout(self) -> None:
         with self._lock:
@@ -80,7 +74,6 @@ class CallCounters:
                 calls_total=self._calls,
                 failures_total=self._failures,
                 retries_total=self._retries,
-                rejected_total=self._rejected,
                 wait_timeouts_total=self._wait_timeouts,
                 hits_total=self._hits,
                 misses_total=self._misses,

@@ -10,10 +10,11 @@ redis-py's Sentinel supplies a pool that follows the master); cluster uses
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -238,15 +239,9 @@ class ConnectionBackend:
     def run(self, command: Command, timeout: float) -> Any:
         if self._rewrite is not None:
             command = self._rewrite(command)
-        conn = self._checkout()
-        try:
-            _check_health(conn, timeout)
+        with self._connection(timeout) as conn:
             conn.send_command(*command, check_health=False)
-            # redis-py disconnects the connection on any error or interruption here,
-            # so a late reply can never be read by the next caller (CVE-2023-28858).
             response = conn.read_response(timeout=timeout)
-        finally:
-            self._pool.release(conn)
         callback = self._callback(command)
         return callback(response) if callback else response
 
@@ -257,18 +252,14 @@ class ConnectionBackend:
         if self._rewrite is not None:
             commands = [self._rewrite(command) for command in commands]
         wire, spans = _coalesce_gets(commands)
-        conn = self._checkout()
         replies: list[Any] = []
-        try:
-            _check_health(conn, timeout)
+        with self._connection(timeout) as conn:
             conn.send_packed_command(conn.pack_commands(wire), check_health=False)
             for _ in wire:
                 try:
                     replies.append(conn.read_response(timeout=timeout))
                 except redis.ResponseError as exc:
                     replies.append(exc)  # Redis answered: only this command failed
-        finally:
-            self._pool.release(conn)
         results: list[Any] = []
         for command, span, reply in zip(wire, spans, replies, strict=True):
             if span:  # an MGET standing for `span` GETs
@@ -285,14 +276,24 @@ class ConnectionBackend:
         # argument in Python, which costs more than the read itself at batch sizes.
         # hiredis's stub types the argument as a 1-tuple; it packs any number of them.
         packed = hiredis.pack_command(("MGET", *keys))  # type: ignore[arg-type]
+        with self._connection(timeout) as conn:
+            conn.send_packed_command([packed], check_health=False)
+            result: list[Any] = conn.read_response(timeout=timeout)
+        return result
+
+    @contextlib.contextmanager
+    def _connection(self, timeout: float) -> Iterator[Any]:
+        """A checked-out, health-checked connection, given back on any exit.
+
+        redis-py disconnects a connection on any error or interruption while reading,
+        so a late reply can never be read by the next caller (CVE-2023-28858).
+        """
         conn = self._checkout()
         try:
             _check_health(conn, timeout)
-            conn.send_packed_command([packed], check_health=False)
-            result: list[Any] = conn.read_response(timeout=timeout)
+            yield conn
         finally:
             self._pool.release(conn)
-        return result
 
     def _checkout(self) -> Any:
         try:

@@ -26,11 +26,11 @@ from redis.cluster import RedisCluster
 from cachegate.core import (
     CallCounters,
     CircuitBreaker,
-    CircuitOpenError,
     CircuitState,
     Config,
     Deadline,
     Outcome,
+    Permit,
     StateListener,
 )
 from cachegate.pool._backends import Backend, make_backend
@@ -189,12 +189,7 @@ class RedisConnectionPool:
         """
         self._check_open()
         deadline = Deadline.after(timeout, self._clock)
-        permit = self._acquire_permit()
-        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
-            self._breaker.record(permit, Outcome.IGNORED)
-            self._counters.wait_timeout()
-            raise PoolExhaustedError(self._exhausted_message())
-        self._counters.call()
+        permit = self._admit(deadline)
         start = self._clock()
         try:
             yield self._backend.client
@@ -275,7 +270,7 @@ class RedisConnectionPool:
             "calls": calls.calls_total,
             "failures": calls.failures_total,
             "retries": calls.retries_total,
-            "rejected_calls": calls.rejected_total,
+            "rejected_calls": breaker.rejected_total,
             "pool_wait_timeouts": calls.wait_timeouts_total,
             "hits": calls.hits_total,
             "misses": calls.misses_total,
@@ -342,12 +337,7 @@ class RedisConnectionPool:
         self._check_open()
         if deadline.expired:
             raise RedisTimeoutError("the caller's deadline passed before Redis was asked")
-        permit = self._acquire_permit()
-        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
-            self._breaker.record(permit, Outcome.IGNORED)
-            self._counters.wait_timeout()
-            raise PoolExhaustedError(self._exhausted_message())
-        self._counters.call()
+        permit = self._admit(deadline)
         socket_timeout = self._config.pool.socket_timeout
         read_timeout = deadline.cap(socket_timeout)
         start = self._clock()
@@ -372,14 +362,17 @@ class RedisConnectionPool:
             self._backend.reap_idle(self._config.pool.idle_timeout)
         return result
 
-    def _acquire_permit(self) -> Any:
-        try:
-            return self._breaker.acquire()
-        except CircuitOpenError:
-            self._counters.rejected()
-            raise
+    def _admit(self, deadline: Deadline) -> Permit:
+        """Past the breaker, then a connection slot (waiting at most the pool timeout)."""
+        permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
+            self._breaker.record(permit, Outcome.IGNORED)
+            self._counters.wait_timeout()
+            raise PoolExhaustedError(self._exhausted_message())
+        self._counters.call()
+        return permit
 
-    def _record(self, permit: Any, kind: ErrorKind | None, elapsed: float) -> None:
+    def _record(self, permit: Permit, kind: ErrorKind | None, elapsed: float) -> None:
         if kind in (ErrorKind.OUTAGE, ErrorKind.TIMEOUT):
             self._counters.failure()
             self._breaker.record(permit, Outcome.FAILURE, elapsed)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
+from cachegate.service._decode import handler_factory
+
 __all__ = ["ADMIN_PREFIX", "AuthInterceptor", "Identity", "TokenTable", "TokenTableError"]
 
 if TYPE_CHECKING:  # grpc-stubs make these generic; grpc itself does not
@@ -126,13 +128,7 @@ def _denied(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    kinds: dict[tuple[bool, bool], Callable[..., Handler]] = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    make = handler_factory(handler.request_streaming, handler.response_streaming)
     return make(
         refuse,
         request_deserializer=handler.request_deserializer,

@@ -20,7 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-__all__ = ["Undecodable", "add_service", "undecodable_message"]
+__all__ = ["Undecodable", "add_service", "handler_factory", "undecodable_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,19 @@ def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
+def handler_factory(
+    request_streaming: bool, response_streaming: bool
+) -> Callable[..., grpc.RpcMethodHandler[Any, Any]]:
+    """grpc's constructor for a method handler of this kind of RPC."""
+    factories: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    return factories[(request_streaming, response_streaming)]
+
+
 def add_service(
     server: grpc.Server,
     service: ServiceDescriptor,
@@ -93,13 +106,7 @@ def add_service(
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:
             behavior = _guard_stream(behavior) if streaming_in else _guard_unary(behavior)
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(streaming_in, streaming_out)]
-        handlers[method.name] = make(
+        handlers[method.name] = handler_factory(streaming_in, streaming_out)(
             behavior, request_deserializer=request, response_serializer=response
         )
     server.add_generic_rpc_handlers(
