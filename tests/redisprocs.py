@@ -1202,6 +1202,22 @@ class ClusterSetup:
             diagnostics=self._diagnostics,
         )
 
+    def _caught_up(self, master: RedisProcess, heirs: set[int]) -> bool:
+        with _probe_client(master.port, master.password) as client:
+            offset = int(_info(client, "replication").get("master_repl_offset", 0))
+        for port in heirs:
+            heir = self._by_port(port)
+            if heir is None or not heir.is_running():
+                continue
+            with _probe_client(heir.port, heir.password) as client:
+                info = _info(client, "replication")
+            if (
+                info.get("master_link_status") == "up"
+                and int(info.get("slave_repl_offset", -1)) >= offset
+            ):
+                return True
+        return False
+
     def kill_master_and_wait_failover(self, index: int = 0, timeout: float = 30.0) -> float:
         """SIGKILL ``masters()[index]``; return the seconds until a surviving master sees
         cluster_state:ok with a replica of the victim owning the victim's slots."""
@@ -1217,6 +1233,15 @@ class ClusterSetup:
         heirs = {i.port for i in infos if i.master_id == victim_info.node_id}
         survivors = [self._by_port(i.port) for i in live_masters if i.port != victim.port]
         observer = next(n for n in survivors if n is not None and n.is_running())
+        # Replication is asynchronous: kill only once an heir has every write the victim
+        # acknowledged, so a test can tell a lost write from a too-early kill.
+        wait_until(
+            lambda: self._caught_up(victim, heirs),
+            timeout=timeout,
+            what=f"a replica of {victim.port} to catch up",
+            interval=0.02,
+            diagnostics=self._diagnostics,
+        )
 
         victim.kill()
         started = time.monotonic()

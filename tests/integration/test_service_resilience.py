@@ -242,6 +242,60 @@ def test_too_many_streams_is_resource_exhausted(start_server: StartServer) -> No
     assert len(list(server.stub.Pipeline(iter([batch]), timeout=5))) == 1
 
 
+def test_open_streams_do_not_starve_unary_calls(start_server: StartServer) -> None:
+    # One hot thread; every open stream holds a thread for its whole life.
+    server = start_server({"CACHEGATE_RPC_THREADS": "1"})
+    feeds: list[queue.Queue[pb.PipelineRequest | None]] = []
+    calls = []
+
+    def feed(q: queue.Queue[pb.PipelineRequest | None]) -> Iterator[pb.PipelineRequest]:
+        while (item := q.get()) is not None:
+            yield item
+
+    batch = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))])
+    try:
+        for _ in range(3):
+            q: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
+            q.put(batch)
+            call = server.stub.Pipeline(feed(q), timeout=30)
+            next(iter(call))  # the stream is open and holds a thread
+            feeds.append(q)
+            calls.append(call)
+        started = time.monotonic()
+        assert server.stub.Get(pb.GetRequest(key="k"), timeout=2).found is False
+        assert server.health_status() == SERVING
+        assert time.monotonic() - started < 2
+    finally:
+        for q in feeds:
+            q.put(None)
+    for call in calls:
+        assert list(call) == []
+
+
+def test_a_hung_redis_does_not_starve_health_and_stats(
+    start_server: StartServer, redis_server: RedisProcess
+) -> None:
+    server = start_server(
+        {
+            "CACHEGATE_BACKEND": "redis",
+            "REDIS_URL": redis_server.url,
+            "CACHEGATE_RPC_THREADS": "1",
+            "REDIS_SOCKET_TIMEOUT": "5",
+        }
+    )
+    redis_server.pause()
+    try:
+        held = [server.stub.Get.future(pb.GetRequest(key="k"), timeout=4) for _ in range(3)]
+        wait_for(lambda: in_use(server) == 3, 3, "three Gets to hang on Redis")
+        # Health probes and Stats answer while every hot thread waits on Redis.
+        assert server.health_status() == SERVING
+        assert server.stub.Stats(pb.StatsRequest(), timeout=2).pool.in_use_connections == 3
+    finally:
+        redis_server.resume()
+    for future in held:
+        assert future.result(timeout=10).found is False
+
+
 def test_too_many_concurrent_rpcs_is_resource_exhausted(
     start_server: StartServer, redis_server: RedisProcess
 ) -> None:

@@ -150,6 +150,7 @@ class ServerSettings:
     grace_seconds: float = 10.0
     reflection: bool = True
     workers: int = 0  # 0 means one per CPU
+    rpc_threads: int = 8
     log_level: str = "INFO"
 
 
@@ -302,6 +303,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_WORKERS", "server", "workers", "0",
             "worker processes sharing the port; 0 = one per CPU (memory backend: always 1)",
             _int(0)),
+    Setting("CACHEGATE_RPC_THREADS", "server", "rpc_threads", "8",
+            "threads kept serving RPCs per process; long calls (streams, a hung Redis) "
+            "get more, up to CACHEGATE_MAX_CONCURRENT_RPCS", _int(1)),
     Setting("CACHEGATE_LOG_LEVEL", "server", "log_level", "INFO", "log level", _log_level),
     Setting("CACHEGATE_MAX_KEY_BYTES", "limits", "max_key_bytes", "1024",
             "longest key accepted, in UTF-8 bytes", _int(1)),

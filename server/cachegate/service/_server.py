@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from cachegate.service._decode import add_service
 from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
+from cachegate.service._threads import RpcThreadPool
 from cachegate.service._tls import server_credentials
 from cachegate.v1 import admin_pb2, cache_pb2
 
@@ -61,6 +61,7 @@ class CacheServer:
     pool: RedisConnectionPool
     health: HealthReporter
     config: Config
+    threads: RpcThreadPool
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -77,6 +78,7 @@ class CacheServer:
         # Bounded: a call grpc never finishes must not keep SIGTERM from ending us.
         if not self.grpc_server.stop(grace).wait(grace + STOP_MARGIN):
             log.warning("calls were still open after the grace period; stopping anyway")
+        self.threads.shutdown(wait=False)
         self.pool.close()
 
     def wait(self) -> None:
@@ -149,12 +151,13 @@ def create_server(
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    # One thread per admitted RPC: a stream holds its thread for its whole life, so
-    # fewer threads than admitted RPCs would let streams starve unary calls.
+    # A few hot threads, and one more for each call that holds a thread for long
+    # (a stream, a hung Redis), up to the RPC limit: see _threads.py.
+    threads = RpcThreadPool(
+        min(config.server.rpc_threads, limits.max_concurrent_rpcs), limits.max_concurrent_rpcs
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=limits.max_concurrent_rpcs, thread_name_prefix="cachegate-rpc"
-        ),
+        threads,  # type: ignore[arg-type]  # grpc only calls submit(); its stubs name one class
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         options=options,
         interceptors=list(interceptors) or None,
@@ -191,9 +194,11 @@ def create_server(
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as exc:
+        threads.shutdown(wait=False)
         pool.close()
         raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:  # older grpcio reports a failed bind as port 0
+        threads.shutdown(wait=False)
         pool.close()
         raise AddressInUseError(f"cannot listen on {address}: address in use or invalid")
     log.info(
@@ -205,4 +210,4 @@ def create_server(
             "auth": f"{len(tokens)} tokens" if tokens else "off",
         },
     )
-    return CacheServer(server, port, pool, health, config), port
+    return CacheServer(server, port, pool, health, config, threads), port

@@ -1,0 +1,197 @@
+"""The server's thread pool: a few hot threads, and more only while long calls hold them.
+
+grpc's sync server runs every RPC on a thread of the executor it is given. The usual
+choice, a thread per RPC in flight, wakes a sleeping thread for nearly every call,
+and on this kind of machine each wake-up is a context switch that costs more than
+the call's own work (docs/performance.md: c=64 unary Gets cost ~180 µs of CPU per
+call on 64 threads, ~146 µs on 8). A small pool lets a thread that finishes a call
+take the next one without sleeping.
+
+A fixed small pool would starve, though: a Pipeline stream holds its thread for its
+whole life, and a hanging Redis holds unary calls up to their deadlines. So this
+pool counts a thread busy for longer than `held_after` as held, and while calls
+wait and fewer than `core` threads are free of held work, it starts more threads,
+up to `limit` (the server's RPC limit, so every admitted RPC can still get a thread,
+as with a thread per RPC). Threads above `core` leave after `idle_exit` seconds
+without work.
+
+Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (a Python
+Condition per hand-off measured ~15 µs more per call); the held-thread check runs on
+a watcher thread that wakes every `held_after / 2` while the pool is busy.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = ["RpcThreadPool"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_Work = tuple["futures.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None
+
+
+class RpcThreadPool(futures.Executor):
+    """An executor with `core` hot threads that grows past threads held by long calls."""
+
+    def __init__(
+        self,
+        core: int,
+        limit: int,
+        *,
+        held_after: float = 0.05,
+        idle_exit: float = 60.0,
+        name: str = "cachegate-rpc",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= core <= limit:
+            raise ValueError(f"need 1 <= core <= limit, got core={core} limit={limit}")
+        self._core = core
+        self._limit = limit
+        self._held_after = held_after
+        self._idle_exit = idle_exit
+        self._name = name
+        self._clock = clock
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards the thread count and shutdown
+        self._threads = 0
+        self._started_total = 0
+        # Worker thread id -> when its current call began (dict writes are atomic).
+        self._busy_since: dict[int, float] = {}
+        self._busy = threading.Event()  # set while the watcher should keep looking
+        self._shutdown = False
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-watcher", daemon=True)
+        self._watcher.start()
+
+    # --- futures.Executor ----------------------------------------------------------
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
+        if self._shutdown:
+            raise RuntimeError("cannot submit to a pool that was shut down")
+        future: futures.Future[T] = futures.Future()
+        self._queue.put((future, fn, args, kwargs))
+        if self._threads < self._core:  # a racy read; _start_thread checks again
+            self._start_thread(below=self._core)
+        if not self._busy.is_set():
+            self._busy.set()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            threads = self._threads
+        if cancel_futures:
+            while True:
+                try:
+                    work = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if work is not None:
+                    work[0].cancel()
+        for _ in range(threads):
+            self._queue.put(None)  # one stop mark per worker, behind the queued calls
+        self._busy.set()
+        if wait:
+            self._watcher.join()
+            while self.threads:
+                time.sleep(0.01)
+
+    # --- figures (tests, debugging) ------------------------------------------------
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        with self._lock:
+            return self._threads
+
+    @property
+    def started_total(self) -> int:
+        """Worker threads started since the pool was made."""
+        with self._lock:
+            return self._started_total
+
+    # --- internals -------------------------------------------------------------------
+
+    def _start_thread(self, *, below: int) -> bool:
+        with self._lock:
+            if self._shutdown or self._threads >= below:
+                return False
+            self._threads += 1
+            self._started_total += 1
+            name = f"{self._name}-{self._started_total}"
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+        return True
+
+    def _grow_past_held(self) -> None:
+        """Start threads so that `core` of them are free of held calls (up to `limit`)."""
+        waiting = self._queue.qsize()
+        busy = list(self._busy_since.values())
+        threads = self._threads
+        if not waiting or len(busy) < threads:  # a free thread will take the work
+            return
+        cutoff = self._clock() - self._held_after
+        held = sum(1 for since in busy if since < cutoff)
+        for _ in range(min(self._core - (threads - held), waiting)):
+            if not self._start_thread(below=self._limit):
+                break
+
+    def _watch(self) -> None:
+        while not self._shutdown:
+            self._busy.wait()
+            # Look again once a thread could have been held for long.
+            time.sleep(self._held_after / 2)
+            self._grow_past_held()
+            if not self._busy_since and not self._queue.qsize():
+                self._busy.clear()  # nothing runs: sleep until the next submit
+                if self._busy_since or self._queue.qsize():  # raced with a submit
+                    self._busy.set()
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        busy_since, clock, get = self._busy_since, self._clock, self._queue.get
+        while True:
+            try:
+                # Threads above `core` wait a limited time, then leave.
+                work = get(timeout=self._idle_exit) if self._threads > self._core else get()
+            except queue.Empty:
+                if self._retire(only_above_core=True):
+                    return
+                continue
+            if work is None:  # shutdown's stop mark
+                self._retire(only_above_core=False)
+                return
+            busy_since[me] = clock()
+            try:
+                _run(*work)
+            finally:
+                del work  # drop the call's references before we wait again
+                del busy_since[me]
+
+    def _retire(self, *, only_above_core: bool) -> bool:
+        with self._lock:
+            if only_above_core and self._threads <= self._core:
+                return False
+            self._threads -= 1
+            return True
+
+
+def _run(
+    future: futures.Future[Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # the future carries it to whoever waits, as in the stdlib
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,128 @@
+"""RpcThreadPool: few hot threads, growth past held calls, bounded, and clean shutdown.
+
+Real threads, short bounded waits; every blocking task is released in a finally.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import pytest
+
+from cachegate.service._threads import RpcThreadPool
+
+WAIT = 5.0  # seconds any single expectation may take before the test fails
+
+
+def eventually(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """An event that blocking tasks wait on; set at the end of every test."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_results_and_exceptions_reach_the_futures() -> None:
+    pool = RpcThreadPool(2, 4)
+    try:
+        assert pool.submit(lambda a, b: a + b, 2, b=3).result(WAIT) == 5
+        failing = pool.submit(lambda: 1 // 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(WAIT)
+    finally:
+        pool.shutdown()
+
+
+def test_short_work_uses_at_most_core_threads() -> None:
+    pool = RpcThreadPool(3, 100)
+    try:
+        done = [pool.submit(time.sleep, 0.001) for _ in range(300)]
+        futures.wait(done, WAIT)
+        assert all(f.done() for f in done)
+        assert pool.started_total <= 3
+    finally:
+        pool.shutdown()
+
+
+def test_calls_held_by_long_work_get_new_threads(release: threading.Event) -> None:
+    pool = RpcThreadPool(2, 10, held_after=0.05)
+    try:
+        held = [pool.submit(release.wait, WAIT) for _ in range(3)]  # more than core
+        quick = pool.submit(lambda: "answered")
+        # A fixed pool of two would answer only after a held call ends.
+        assert quick.result(WAIT) == "answered"
+        assert not any(f.done() for f in held)
+        eventually(lambda: all(f.running() for f in held), "every held call to run")
+        assert pool.threads <= 10
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_never_more_threads_than_the_limit(release: threading.Event) -> None:
+    pool = RpcThreadPool(1, 3, held_after=0.02)
+    try:
+        calls = [pool.submit(release.wait, WAIT) for _ in range(6)]
+        eventually(lambda: pool.threads == 3, "the pool to reach its limit")
+        time.sleep(0.2)  # the watcher has looked several times since
+        assert pool.threads == 3
+        assert sum(f.running() for f in calls) == 3
+        release.set()
+        futures.wait(calls, WAIT)
+        assert all(f.result() is True for f in calls)
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_threads_above_core_leave_when_idle(release: threading.Event) -> None:
+    pool = RpcThreadPool(1, 4, held_after=0.02, idle_exit=0.2)
+    try:
+        calls = [pool.submit(release.wait, WAIT) for _ in range(4)]
+        eventually(lambda: pool.threads == 4, "the pool to grow")
+        release.set()
+        futures.wait(calls, WAIT)
+        eventually(lambda: pool.threads == 1, "spare threads to leave")
+        assert pool.submit(lambda: "still serving").result(WAIT) == "still serving"
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_finishes_queued_work_then_refuses_more() -> None:
+    pool = RpcThreadPool(1, 1)
+    calls = [pool.submit(time.sleep, 0.01) for _ in range(5)]
+    pool.shutdown(wait=True)
+    assert all(f.done() and f.exception() is None for f in calls)
+    assert pool.threads == 0
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(lambda: None)
+
+
+def test_shutdown_can_cancel_queued_work(release: threading.Event) -> None:
+    pool = RpcThreadPool(1, 1)
+    running = pool.submit(release.wait, WAIT)
+    eventually(running.running, "the first call to run")
+    queued = [pool.submit(lambda: None) for _ in range(3)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in queued)
+    release.set()
+    assert running.result(WAIT) is True
+    eventually(lambda: pool.threads == 0, "the worker to stop")
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="core"):
+        RpcThreadPool(0, 4)
+    with pytest.raises(ValueError, match="core"):
+        RpcThreadPool(5, 4)
