@@ -412,6 +412,21 @@ def test_idempotent_commands_are_retried_and_incr_is_not(redis_server: RedisProc
     pool.close()
 
 
+def test_a_connection_redis_closed_while_idle_never_fails_a_command(
+    redis_server: RedisProcess,
+) -> None:
+    # INCR is never retried: it succeeds only if the dead idle connection is noticed
+    # before the command is sent (redis-py's socket test, which parking keeps).
+    pool = make_pool(redis_server.url, REDIS_RETRY_ATTEMPTS="0")
+    assert pool.execute("incr", "n") == 1
+    for round_ in range(3):
+        redis_server.client().client_kill_filter(_type="normal", skipme=True)
+        time.sleep(0.05)  # the FIN reaches our socket
+        assert pool.execute("incr", "n") == round_ + 2
+    assert pool.get_stats()["failures"] == 0
+    pool.close()
+
+
 def test_health_check_reports_the_seeds_fields_and_never_raises(
     pool: RedisConnectionPool, redis_server: RedisProcess
 ) -> None:

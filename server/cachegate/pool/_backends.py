@@ -10,6 +10,7 @@ redis-py's Sentinel supplies a pool that follows the master); cluster uses
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.metadata
 import threading
@@ -142,7 +143,11 @@ class IdleReaping:
     _created_connections: int
 
     def release(self, connection: Any) -> None:
-        connection._cachegate_idle_since = time.monotonic()
+        self.release_idle_since(connection, time.monotonic())
+
+    def release_idle_since(self, connection: Any, since: float) -> None:
+        """Release a connection that has been idle since `since` (a monotonic time)."""
+        connection._cachegate_idle_since = since
         super().release(connection)  # type: ignore[misc]
 
     def reap_idle(self, max_idle: float) -> int:
@@ -172,6 +177,10 @@ class ReapingSentinelConnectionPool(IdleReaping, SentinelConnectionPool):
 # How long the diagnosis of a refused connection may wait for Redis's reason.
 PROBE_TIMEOUT = 0.2
 
+# A connection parked between calls for longer than this goes back to redis-py's pool
+# at the next reaping pass (then redis-py's idle reaping applies to it).
+PARK_SECONDS = 1.0
+
 
 def _check_health(conn: Any, timeout: float) -> None:
     """redis-py's PING of an idle (or new) connection, but within the caller's timeout.
@@ -184,6 +193,14 @@ def _check_health(conn: Any, timeout: float) -> None:
         if conn.read_response(timeout=timeout) not in (b"PONG", "PONG"):
             conn.disconnect()
             raise redis.ConnectionError("Bad response from PING health check")
+
+
+def _ready_to_send(conn: Any) -> bool:
+    """redis-py's own checkout test: nothing to read (no stray reply, no EOF from Redis)."""
+    try:
+        return not conn.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
 
 
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
@@ -227,6 +244,8 @@ class ConnectionBackend:
         self._client = redis.Redis(connection_pool=pool)
         self._callbacks: dict[str, Callable[..., Any]] = dict(self._client.response_callbacks)
         self._info = info
+        # (connection, parked at): see _connection(). append/pop are atomic.
+        self._parked: collections.deque[tuple[Any, float]] = collections.deque()
 
     @property
     def client(self) -> redis.Redis:
@@ -285,15 +304,58 @@ class ConnectionBackend:
     def _connection(self, timeout: float) -> Iterator[Any]:
         """A checked-out, health-checked connection, given back on any exit.
 
-        redis-py disconnects a connection on any error or interruption while reading,
-        so a late reply can never be read by the next caller (CVE-2023-28858).
+        Between back-to-back calls a connection stays checked out, parked on a LIFO:
+        under load, redis-py's checkout and release (its lock and in-use set, its
+        observability hooks, a release event) cost ~20 µs of CPU per call, more than
+        our whole pool layer (docs/performance.md). The connections stay redis-py's:
+        it made them, counts them, health-checks and closes them. The LIFO never
+        holds more than the slots gate admits (a connection comes from redis-py only
+        when the LIFO is empty); a parked connection gets redis-py's own socket test
+        before reuse, and goes back through redis-py's checkout when it fails it;
+        one that failed a call goes straight back to redis-py. redis-py disconnects
+        a connection on any error or interruption while reading, so a late reply can
+        never be read by the next caller (CVE-2023-28858).
         """
-        conn = self._checkout()
+        conn = self._unpark()
+        ok = False
         try:
             _check_health(conn, timeout)
             yield conn
+            ok = True
         finally:
-            self._pool.release(conn)
+            if ok and conn.is_connected:
+                self._parked.append((conn, time.monotonic()))
+            else:
+                self._pool.release(conn)
+
+    def _unpark(self) -> Any:
+        try:
+            conn, _ = self._parked.pop()
+        except IndexError:
+            return self._checkout()
+        if _ready_to_send(conn):
+            return conn
+        # Closed by Redis (CLIENT KILL, timeout, restart) or holding stray bytes:
+        # redis-py's own checkout reconnects it, as it would have without parking.
+        self._pool.release(conn)
+        return self._checkout()
+
+    def _unpark_idle(self, older_than: float) -> None:
+        """Give connections parked for longer than `older_than` seconds back to redis-py,
+        idle since they were parked (so the reaper sees how long they really idled)."""
+        cutoff = time.monotonic() - older_than
+        while self._parked:
+            try:
+                conn, parked_at = self._parked.popleft()  # the oldest first
+            except IndexError:
+                return
+            if parked_at >= cutoff:
+                self._parked.appendleft((conn, parked_at))
+                return
+            if isinstance(self._pool, IdleReaping):
+                self._pool.release_idle_since(conn, parked_at)
+            else:
+                self._pool.release(conn)
 
     def _checkout(self) -> Any:
         try:
@@ -330,13 +392,15 @@ class ConnectionBackend:
         return self._callbacks.get(name)
 
     def reap_idle(self, max_idle: float) -> int:
+        self._unpark_idle(min(PARK_SECONDS, max_idle))
         if isinstance(self._pool, IdleReaping):
             return self._pool.reap_idle(max_idle)
         return 0
 
     def counts(self) -> PoolCounts:
         (idle, _), (in_use, _) = self._pool.get_connection_count()
-        return PoolCounts(created=idle + in_use, idle=idle, in_use=in_use)
+        parked = min(len(self._parked), in_use)  # checked out, but idle
+        return PoolCounts(created=idle + in_use, idle=idle + parked, in_use=in_use - parked)
 
     def info(self, timeout: float) -> ServerInfo:
         if self._info is not None:
@@ -344,7 +408,8 @@ class ConnectionBackend:
         return _info_from(self.run(("INFO",), timeout))
 
     def close(self) -> None:
-        self._pool.disconnect()
+        self._parked.clear()
+        self._pool.disconnect()  # in-use connections too, the parked ones among them
 
 
 def _memory_info(backend: ConnectionBackend, timeout: float) -> ServerInfo:
