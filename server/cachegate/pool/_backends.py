@@ -258,9 +258,17 @@ class ConnectionBackend:
     def run(self, command: Command, timeout: float) -> Any:
         if self._rewrite is not None:
             command = self._rewrite(command)
-        with self._connection(timeout) as conn:
+        # _connection() spelled out: this is every unary call's path, and the
+        # context manager's generator costs more here than the rest of this method.
+        conn = self._unpark()
+        ok = False
+        try:
+            _check_health(conn, timeout)
             conn.send_command(*command, check_health=False)
             response = conn.read_response(timeout=timeout)
+            ok = True
+        finally:
+            self._give_back(conn, ok)
         callback = self._callback(command)
         return callback(response) if callback else response
 
@@ -323,10 +331,13 @@ class ConnectionBackend:
             yield conn
             ok = True
         finally:
-            if ok and conn.is_connected:
-                self._parked.append((conn, time.monotonic()))
-            else:
-                self._pool.release(conn)
+            self._give_back(conn, ok)
+
+    def _give_back(self, conn: Any, ok: bool) -> None:
+        if ok and conn.is_connected:
+            self._parked.append((conn, time.monotonic()))
+        else:
+            self._pool.release(conn)
 
     def _unpark(self) -> Any:
         try:
