@@ -22,7 +22,7 @@ from cachegate.pool import (
     close_redis_pool,
     get_redis_pool,
 )
-from redisprocs import RedisProcess
+from redisprocs import RedisProcess, wait_until
 
 
 def make_pool(url: str, **env: str) -> RedisConnectionPool:
@@ -424,6 +424,33 @@ def test_a_connection_redis_closed_while_idle_never_fails_a_command(
         time.sleep(0.05)  # the FIN reaches our socket
         assert pool.execute("incr", "n") == round_ + 2
     assert pool.get_stats()["failures"] == 0
+    pool.close()
+
+
+def test_idle_connections_serve_every_caller_within_the_bound(
+    redis_server: RedisProcess,
+) -> None:
+    pool = make_pool(redis_server.url, REDIS_MAX_CONNECTIONS="2", REDIS_SOCKET_TIMEOUT="5")
+    # Two calls at once (Redis paused while both wait) make both connections redis-py
+    # may make; then both are idle.
+    redis_server.pause()
+    try:
+        calls = [threading.Thread(target=pool.execute, args=("get", "k")) for _ in range(2)]
+        for call in calls:
+            call.start()
+        wait_until(lambda: pool.get_stats()["in_use_connections"] == 2, timeout=5, what="two calls")
+    finally:
+        redis_server.resume()
+    for call in calls:
+        call.join()
+    stats = pool.get_stats()
+    assert (stats["created_connections"], stats["available_connections"]) == (2, 2)
+    assert stats["in_use_connections"] == 0
+    # A redis-py client (get_client) gets one of them, then the pool's own path.
+    with pool.get_client() as client:
+        assert client.set("k", b"v") is True
+    assert pool.execute("get", "k") == b"v"
+    assert pool.get_stats()["created_connections"] == 2
     pool.close()
 
 

@@ -10,7 +10,6 @@ redis-py's Sentinel supplies a pool that follows the master); cluster uses
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import importlib.metadata
 import threading
@@ -27,6 +26,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from cachegate.core import Config
+from cachegate.pool._parking import ParkingPool
 
 __all__ = ["Backend", "PoolCounts", "ServerInfo", "make_backend"]
 
@@ -151,6 +151,9 @@ class IdleReaping:
         super().release(connection)  # type: ignore[misc]
 
     def reap_idle(self, max_idle: float) -> int:
+        if isinstance(self, ParkingPool):  # parked long enough: idle since they were parked
+            for connection, parked_at in self.unpark(max_idle):
+                self.release_idle_since(connection, parked_at)
         cutoff = time.monotonic() - max_idle
         with self._lock:
             stale = [
@@ -166,20 +169,16 @@ class IdleReaping:
         return len(stale)
 
 
-class ReapingConnectionPool(IdleReaping, redis.ConnectionPool):
-    pass
+class ReapingConnectionPool(ParkingPool, IdleReaping, redis.ConnectionPool):
+    """redis-py's pool with parking (see _parking.py) and idle reaping."""
 
 
 class ReapingSentinelConnectionPool(IdleReaping, SentinelConnectionPool):
-    pass
+    """No parking: redis-py's release checks that a connection still reaches the master."""
 
 
 # How long the diagnosis of a refused connection may wait for Redis's reason.
 PROBE_TIMEOUT = 0.2
-
-# A connection parked between calls for longer than this goes back to redis-py's pool
-# at the next reaping pass (then redis-py's idle reaping applies to it).
-PARK_SECONDS = 1.0
 
 
 def _check_health(conn: Any, timeout: float) -> None:
@@ -193,14 +192,6 @@ def _check_health(conn: Any, timeout: float) -> None:
         if conn.read_response(timeout=timeout) not in (b"PONG", "PONG"):
             conn.disconnect()
             raise redis.ConnectionError("Bad response from PING health check")
-
-
-def _ready_to_send(conn: Any) -> bool:
-    """redis-py's own checkout test: nothing to read (no stray reply, no EOF from Redis)."""
-    try:
-        return not conn.can_read()
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
 
 
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
@@ -244,8 +235,6 @@ class ConnectionBackend:
         self._client = redis.Redis(connection_pool=pool)
         self._callbacks: dict[str, Callable[..., Any]] = dict(self._client.response_callbacks)
         self._info = info
-        # (connection, parked at): see _connection(). append/pop are atomic.
-        self._parked: collections.deque[tuple[Any, float]] = collections.deque()
 
     @property
     def client(self) -> redis.Redis:
@@ -258,17 +247,9 @@ class ConnectionBackend:
     def run(self, command: Command, timeout: float) -> Any:
         if self._rewrite is not None:
             command = self._rewrite(command)
-        # _connection() spelled out: this is every unary call's path, and the
-        # context manager's generator costs more here than the rest of this method.
-        conn = self._unpark()
-        ok = False
-        try:
-            _check_health(conn, timeout)
+        with self._connection(timeout) as conn:
             conn.send_command(*command, check_health=False)
             response = conn.read_response(timeout=timeout)
-            ok = True
-        finally:
-            self._give_back(conn, ok)
         callback = self._callback(command)
         return callback(response) if callback else response
 
@@ -312,61 +293,15 @@ class ConnectionBackend:
     def _connection(self, timeout: float) -> Iterator[Any]:
         """A checked-out, health-checked connection, given back on any exit.
 
-        Between back-to-back calls a connection stays checked out, parked on a LIFO:
-        under load, redis-py's checkout and release (its lock and in-use set, its
-        observability hooks, a release event) cost ~20 µs of CPU per call, more than
-        our whole pool layer (docs/performance.md). The connections stay redis-py's:
-        it made them, counts them, health-checks and closes them. The LIFO never
-        holds more than the slots gate admits (a connection comes from redis-py only
-        when the LIFO is empty); a parked connection gets redis-py's own socket test
-        before reuse, and goes back through redis-py's checkout when it fails it;
-        one that failed a call goes straight back to redis-py. redis-py disconnects
-        a connection on any error or interruption while reading, so a late reply can
-        never be read by the next caller (CVE-2023-28858).
+        redis-py disconnects a connection on any error or interruption while reading,
+        so a late reply can never be read by the next caller (CVE-2023-28858).
         """
-        conn = self._unpark()
-        ok = False
+        conn = self._checkout()
         try:
             _check_health(conn, timeout)
             yield conn
-            ok = True
         finally:
-            self._give_back(conn, ok)
-
-    def _give_back(self, conn: Any, ok: bool) -> None:
-        if ok and conn.is_connected:
-            self._parked.append((conn, time.monotonic()))
-        else:
             self._pool.release(conn)
-
-    def _unpark(self) -> Any:
-        try:
-            conn, _ = self._parked.pop()
-        except IndexError:
-            return self._checkout()
-        if _ready_to_send(conn):
-            return conn
-        # Closed by Redis (CLIENT KILL, timeout, restart) or holding stray bytes:
-        # redis-py's own checkout reconnects it, as it would have without parking.
-        self._pool.release(conn)
-        return self._checkout()
-
-    def _unpark_idle(self, older_than: float) -> None:
-        """Give connections parked for longer than `older_than` seconds back to redis-py,
-        idle since they were parked (so the reaper sees how long they really idled)."""
-        cutoff = time.monotonic() - older_than
-        while self._parked:
-            try:
-                conn, parked_at = self._parked.popleft()  # the oldest first
-            except IndexError:
-                return
-            if parked_at >= cutoff:
-                self._parked.appendleft((conn, parked_at))
-                return
-            if isinstance(self._pool, IdleReaping):
-                self._pool.release_idle_since(conn, parked_at)
-            else:
-                self._pool.release(conn)
 
     def _checkout(self) -> Any:
         try:
@@ -403,14 +338,14 @@ class ConnectionBackend:
         return self._callbacks.get(name)
 
     def reap_idle(self, max_idle: float) -> int:
-        self._unpark_idle(min(PARK_SECONDS, max_idle))
         if isinstance(self._pool, IdleReaping):
             return self._pool.reap_idle(max_idle)
         return 0
 
     def counts(self) -> PoolCounts:
         (idle, _), (in_use, _) = self._pool.get_connection_count()
-        parked = min(len(self._parked), in_use)  # checked out, but idle
+        # Parked connections are idle, though redis-py counts them as in use.
+        parked = min(self._pool.parked, in_use) if isinstance(self._pool, ParkingPool) else 0
         return PoolCounts(created=idle + in_use, idle=idle + parked, in_use=in_use - parked)
 
     def info(self, timeout: float) -> ServerInfo:
@@ -419,8 +354,7 @@ class ConnectionBackend:
         return _info_from(self.run(("INFO",), timeout))
 
     def close(self) -> None:
-        self._parked.clear()
-        self._pool.disconnect()  # in-use connections too, the parked ones among them
+        self._pool.disconnect()
 
 
 def _memory_info(backend: ConnectionBackend, timeout: float) -> ServerInfo:
