@@ -99,6 +99,25 @@ def test_threads_above_core_leave_when_idle(release: threading.Event) -> None:
         pool.shutdown()
 
 
+def test_threads_above_core_leave_under_load_once_held_calls_end(
+    release: threading.Event,
+) -> None:
+    pool = RpcThreadPool(2, 10, held_after=0.02, idle_exit=60.0)  # idle exit: out of play
+    try:
+        held = [pool.submit(release.wait, WAIT) for _ in range(4)]
+        eventually(lambda: pool.threads == 4, "a thread for every held call")
+        release.set()
+        futures.wait(held, WAIT)
+        # Steady short work: no thread ever idles, yet the spare ones leave.
+        deadline = time.monotonic() + WAIT
+        while pool.threads > 2 and time.monotonic() < deadline:
+            futures.wait([pool.submit(time.sleep, 0.001) for _ in range(20)], WAIT)
+        assert pool.threads == 2
+    finally:
+        release.set()
+        pool.shutdown()
+
+
 def test_shutdown_finishes_queued_work_then_refuses_more() -> None:
     pool = RpcThreadPool(1, 1)
     calls = [pool.submit(time.sleep, 0.01) for _ in range(5)]

@@ -12,8 +12,9 @@ whole life, and a hanging Redis holds unary calls up to their deadlines. So this
 pool counts a thread busy for longer than `held_after` as held, and while calls
 wait and fewer than `core` threads are free of held work, it starts more threads,
 up to `limit` (the server's RPC limit, so every admitted RPC can still get a thread,
-as with a thread per RPC). Threads above `core` leave after `idle_exit` seconds
-without work.
+as with a thread per RPC). A thread above `core` leaves once the held calls it was
+started for have ended (after a call, when more than `core` threads are free), or
+after `idle_exit` seconds without work.
 
 Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (a Python
 Condition per hand-off measured ~15 µs more per call); the held-thread check runs on
@@ -128,16 +129,18 @@ class RpcThreadPool(futures.Executor):
         threading.Thread(target=self._work, name=name, daemon=True).start()
         return True
 
+    def _free_threads(self) -> int:
+        """Threads not held by a long call (busy for longer than `held_after`)."""
+        cutoff = self._clock() - self._held_after
+        held = sum(1 for since in list(self._busy_since.values()) if since < cutoff)
+        return self._threads - held
+
     def _grow_past_held(self) -> None:
         """Start threads so that `core` of them are free of held calls (up to `limit`)."""
         waiting = self._queue.qsize()
-        busy = list(self._busy_since.values())
-        threads = self._threads
-        if not waiting or len(busy) < threads:  # a free thread will take the work
+        if not waiting or len(self._busy_since) < self._threads:  # a free thread will take it
             return
-        cutoff = self._clock() - self._held_after
-        held = sum(1 for since in busy if since < cutoff)
-        for _ in range(min(self._core - (threads - held), waiting)):
+        for _ in range(min(self._core - self._free_threads(), waiting)):
             if not self._start_thread(below=self._limit):
                 break
 
@@ -172,6 +175,17 @@ class RpcThreadPool(futures.Executor):
             finally:
                 del work  # drop the call's references before we wait again
                 del busy_since[me]
+            # Under steady load a spare thread never idles long enough to leave;
+            # so it leaves as soon as the held calls it was started for have ended.
+            if self._threads > self._core and self._retire_surplus():
+                return
+
+    def _retire_surplus(self) -> bool:
+        with self._lock:
+            if self._threads <= self._core or self._free_threads() <= self._core:
+                return False
+            self._threads -= 1
+            return True
 
     def _retire(self, *, only_above_core: bool) -> bool:
         with self._lock:
