@@ -188,8 +188,7 @@ class RedisConnectionPool:
         block are not retried: a pipeline may hold commands that must not run twice.
         """
         self._check_open()
-        deadline = Deadline.after(timeout, self._clock)
-        permit = self._admit(deadline)
+        permit = self._admit(Deadline.after(timeout, self._clock).remaining())
         start = self._clock()
         try:
             yield self._backend.client
@@ -334,12 +333,14 @@ class RedisConnectionPool:
                     self._sleep(delay)
 
     def _attempt(self, call: Callable[[float], T], deadline: Deadline) -> T:
+        # Every call runs this: the budget is read once, not once per step.
         self._check_open()
-        if deadline.expired:
+        left = deadline.remaining()
+        if left is not None and left <= 0.0:
             raise RedisTimeoutError("the caller's deadline passed before Redis was asked")
-        permit = self._admit(deadline)
+        permit = self._admit(left)
         socket_timeout = self._config.pool.socket_timeout
-        read_timeout = deadline.cap(socket_timeout)
+        read_timeout = socket_timeout if left is None else min(socket_timeout, left)
         start = self._clock()
         try:
             result = call(read_timeout)
@@ -362,10 +363,12 @@ class RedisConnectionPool:
             self._backend.reap_idle(self._config.pool.idle_timeout)
         return result
 
-    def _admit(self, deadline: Deadline) -> Permit:
-        """Past the breaker, then a connection slot (waiting at most the pool timeout)."""
+    def _admit(self, left: float | None) -> Permit:
+        """Past the breaker, then a connection slot (waiting at most the pool timeout,
+        and at most `left` seconds of the caller's budget)."""
         permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
-        if not self._slots.acquire(deadline.cap(self._config.pool.wait_timeout)):
+        wait = self._config.pool.wait_timeout
+        if not self._slots.acquire(wait if left is None else min(wait, left)):
             self._breaker.record(permit, Outcome.IGNORED)
             self._counters.wait_timeout()
             raise PoolExhaustedError(self._exhausted_message())
