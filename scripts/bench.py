@@ -223,17 +223,32 @@ def free_port_block(count: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
-def start_cachegate(redis_url: str, workers: int) -> Cachegate:
-    port, http_port = free_port(), free_port_block(workers)
-    env = {
+def server_env(redis_url: str, port: int, **settings: str) -> dict[str, str]:
+    """cachegate-server's environment for a load run: this Redis, this port, quiet logs.
+
+    `settings` add or override variables (CACHEGATE_WORKERS="2", ...); by default one
+    worker and no HTTP side port.
+    """
+    return {
         **os.environ,
         "CACHEGATE_BACKEND": "redis",
         "REDIS_URL": redis_url,
         "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
-        "CACHEGATE_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-        "CACHEGATE_WORKERS": str(workers),
+        "CACHEGATE_HTTP_LISTEN": "off",
+        "CACHEGATE_WORKERS": "1",
         "CACHEGATE_LOG_LEVEL": "WARNING",
+        **settings,
     }
+
+
+def start_cachegate(redis_url: str, workers: int) -> Cachegate:
+    port, http_port = free_port(), free_port_block(workers)
+    env = server_env(
+        redis_url,
+        port,
+        CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+        CACHEGATE_WORKERS=str(workers),
+    )
     process = subprocess.Popen([SERVER], env=env, stderr=subprocess.DEVNULL)
     server = Cachegate(process, port, http_port, workers)
     deadline = time.monotonic() + 30

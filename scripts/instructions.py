@@ -12,7 +12,6 @@ is not counted, so it complements `make bench`, never replaces it.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import grpc  # noqa: E402
 
-from bench import SERVER, VALUE, grpc_body  # noqa: E402
+from bench import SERVER, VALUE, grpc_body, server_env  # noqa: E402
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
 from redisprocs import free_port, start_standalone  # noqa: E402
 
@@ -75,15 +74,7 @@ def main() -> int:
         body = folder / "get.bin"
         body.write_bytes(grpc_body(pb.GetRequest(key="k7")))
         port = free_port()
-        env = {
-            **os.environ,
-            "CACHEGATE_BACKEND": "redis",
-            "REDIS_URL": redis_proc.url,
-            "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
-            "CACHEGATE_HTTP_LISTEN": "off",
-            "CACHEGATE_WORKERS": "1",
-            "CACHEGATE_LOG_LEVEL": "WARNING",
-        }
+        env = server_env(redis_proc.url, port)
         out = folder / "callgrind.out"
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "-q",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench import children  # noqa: E402
+from bench import children, server_env  # noqa: E402
 from cachegate.client import (  # noqa: E402
     CacheClient,
     CacheClientError,
@@ -87,16 +86,7 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="cachegate-soak-")
     redis_proc = start_standalone(Path(scratch.name) / "redis")
     port = free_port()
-    env = {
-        **os.environ,
-        "CACHEGATE_BACKEND": "redis",
-        "REDIS_URL": redis_proc.url,
-        "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
-        "CACHEGATE_HTTP_LISTEN": "off",
-        "CACHEGATE_WORKERS": "1",
-        "CACHEGATE_LOG_LEVEL": "WARNING",
-        "REDIS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-    }
+    env = server_env(redis_proc.url, port, REDIS_MAX_CONNECTIONS=str(MAX_CONNECTIONS))
     server = subprocess.Popen([SERVER], env=env)
     samples: list[dict[str, float]] = []
     counts = {"ok": 0, "errors": 0}

@@ -211,65 +211,66 @@ def test_a_cancelled_unary_call_leaves_no_connection(
     wait_for(lambda: in_use(server) == 0, 3, "the connection to come back")
 
 
-def test_too_many_streams_is_resource_exhausted(start_server: StartServer) -> None:
-    server = start_server({"CACHEGATE_MAX_STREAMS": "2", "CACHEGATE_MAX_CONCURRENT_RPCS": "8"})
-    feeds: list[queue.Queue[pb.PipelineRequest | None]] = []
-    calls = []
+class OpenStreams:
+    """Pipeline streams held open (each holds a server thread) until close()."""
 
-    def feed(q: queue.Queue[pb.PipelineRequest | None]) -> Iterator[pb.PipelineRequest]:
-        while (item := q.get()) is not None:
+    BATCH = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))])
+
+    def __init__(self, server: RunningServer, count: int) -> None:
+        self._feeds: list[queue.Queue[pb.PipelineRequest | None]] = []
+        self._calls: list[Any] = []
+        try:
+            for _ in range(count):
+                feed: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
+                feed.put(self.BATCH)
+                call = server.stub.Pipeline(self._requests(feed), timeout=30)
+                next(iter(call))  # the stream is open and holds its slot and thread
+                self._feeds.append(feed)
+                self._calls.append(call)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _requests(feed: queue.Queue[pb.PipelineRequest | None]) -> Iterator[pb.PipelineRequest]:
+        while (item := feed.get()) is not None:
             yield item
 
-    batch = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))])
-    for _ in range(2):
-        q: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
-        q.put(batch)
-        call = server.stub.Pipeline(feed(q))
-        next(iter(call))  # the stream is open and holds its slot
-        feeds.append(q)
-        calls.append(call)
-    with pytest.raises(grpc.RpcError) as caught:
-        list(server.stub.Pipeline(iter([batch]), timeout=5))
-    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "CACHEGATE_MAX_STREAMS" in (caught.value.details() or "")
-    # Unary calls still have threads.
-    assert server.stub.Get(pb.GetRequest(key="k"), timeout=2).found is False
-    for q in feeds:
-        q.put(None)
-    for call in calls:
-        assert list(call) == []
+    def close(self) -> None:
+        """End every stream; each must end cleanly with no further reply."""
+        for feed in self._feeds:
+            feed.put(None)
+        for call in self._calls:
+            assert list(call) == []
+
+
+def test_too_many_streams_is_resource_exhausted(start_server: StartServer) -> None:
+    server = start_server({"CACHEGATE_MAX_STREAMS": "2", "CACHEGATE_MAX_CONCURRENT_RPCS": "8"})
+    streams = OpenStreams(server, 2)
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(server.stub.Pipeline(iter([OpenStreams.BATCH]), timeout=5))
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "CACHEGATE_MAX_STREAMS" in (caught.value.details() or "")
+        # Unary calls still have threads.
+        assert server.stub.Get(pb.GetRequest(key="k"), timeout=2).found is False
+    finally:
+        streams.close()
     # Slots come back when streams end.
-    assert len(list(server.stub.Pipeline(iter([batch]), timeout=5))) == 1
+    assert len(list(server.stub.Pipeline(iter([OpenStreams.BATCH]), timeout=5))) == 1
 
 
 def test_open_streams_do_not_starve_unary_calls(start_server: StartServer) -> None:
     # One hot thread; every open stream holds a thread for its whole life.
     server = start_server({"CACHEGATE_RPC_THREADS": "1"})
-    feeds: list[queue.Queue[pb.PipelineRequest | None]] = []
-    calls = []
-
-    def feed(q: queue.Queue[pb.PipelineRequest | None]) -> Iterator[pb.PipelineRequest]:
-        while (item := q.get()) is not None:
-            yield item
-
-    batch = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))])
+    streams = OpenStreams(server, 3)
     try:
-        for _ in range(3):
-            q: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
-            q.put(batch)
-            call = server.stub.Pipeline(feed(q), timeout=30)
-            next(iter(call))  # the stream is open and holds a thread
-            feeds.append(q)
-            calls.append(call)
         started = time.monotonic()
         assert server.stub.Get(pb.GetRequest(key="k"), timeout=2).found is False
         assert server.health_status() == SERVING
         assert time.monotonic() - started < 2
     finally:
-        for q in feeds:
-            q.put(None)
-    for call in calls:
-        assert list(call) == []
+        streams.close()
 
 
 def test_a_hung_redis_does_not_starve_health_and_stats(
