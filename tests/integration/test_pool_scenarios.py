@@ -454,6 +454,33 @@ def test_idle_connections_serve_every_caller_within_the_bound(
     pool.close()
 
 
+def test_a_wait_longer_than_the_socket_timeout_is_not_an_outage(
+    redis_server: RedisProcess,
+) -> None:
+    # No replica: WAIT 1 blocks its whole timeout (0.6 s), three times the socket timeout.
+    pool = make_pool(
+        redis_server.url,
+        REDIS_WAIT_REPLICAS="1",
+        REDIS_WAIT_TIMEOUT="0.6",
+        REDIS_SOCKET_TIMEOUT="0.2",
+        REDIS_FAILURE_THRESHOLD="2",
+        REDIS_RETRY_ATTEMPTS="0",
+    )
+    for _ in range(3):
+        with pytest.raises(RedisUnavailableError, match="not confirmed by 1 replica") as caught:
+            pool.execute("setex", "k", 60, b"v")
+        assert not isinstance(caught.value, RedisTimeoutError)
+    stats = pool.get_stats()
+    assert (stats["circuit_state"], stats["failures"]) == ("closed", 0)
+    # A caller's shorter deadline still bounds the wait, with no verdict on Redis.
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError):
+        pool.execute("setex", "k", 60, b"v", timeout=0.3)
+    assert time.monotonic() - started < 0.5
+    assert pool.get_stats()["circuit_state"] == "closed"
+    pool.close()
+
+
 def test_health_check_reports_the_seeds_fields_and_never_raises(
     pool: RedisConnectionPool, redis_server: RedisProcess
 ) -> None:

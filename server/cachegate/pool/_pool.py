@@ -144,6 +144,9 @@ class RedisConnectionPool:
             lambda read_timeout: self._backend.run_batch(sent, read_timeout),
             Deadline.after(timeout, self._clock),
             retryable=all(str(name).upper() in IDEMPOTENT for name in names),
+            # WAIT may block for its whole timeout: that is Redis doing as asked,
+            # not an outage, so the read waits that much longer.
+            server_wait=self._wait_timeout_ms / 1000 if durable else 0.0,
         )
         if durable:
             self._confirm_replicated(commands, replies)
@@ -315,13 +318,18 @@ class RedisConnectionPool:
                 replies[index] = error
 
     def _with_retries(
-        self, call: Callable[[float], T], deadline: Deadline, *, retryable: bool
+        self,
+        call: Callable[[float], T],
+        deadline: Deadline,
+        *,
+        retryable: bool,
+        server_wait: float = 0.0,
     ) -> T:
         retries_left = self._config.retry.attempts if retryable else 0
         failures = 0
         while True:
             try:
-                return self._attempt(call, deadline)
+                return self._attempt(call, deadline, server_wait)
             except RedisUnavailableError:
                 if retries_left <= 0 or not self._may_retry(deadline):
                     raise
@@ -332,21 +340,25 @@ class RedisConnectionPool:
                 if delay > 0:
                     self._sleep(delay)
 
-    def _attempt(self, call: Callable[[float], T], deadline: Deadline) -> T:
+    def _attempt(
+        self, call: Callable[[float], T], deadline: Deadline, server_wait: float = 0.0
+    ) -> T:
+        """One try. Redis gets the socket timeout, plus `server_wait` seconds that the
+        command itself may block (WAIT), capped by what is left of the caller's budget."""
         # Every call runs this: the budget is read once, not once per step.
         self._check_open()
         left = deadline.remaining()
         if left is not None and left <= 0.0:
             raise RedisTimeoutError("the caller's deadline passed before Redis was asked")
         permit = self._admit(left)
-        socket_timeout = self._config.pool.socket_timeout
-        read_timeout = socket_timeout if left is None else min(socket_timeout, left)
+        allowed = self._config.pool.socket_timeout + server_wait
+        read_timeout = allowed if left is None else min(allowed, left)
         start = self._clock()
         try:
             result = call(read_timeout)
         except BaseException as exc:
             kind = classify(exc)
-            if kind is ErrorKind.TIMEOUT and read_timeout < socket_timeout:
+            if kind is ErrorKind.TIMEOUT and read_timeout < allowed:
                 # The caller's short deadline ran out, not Redis's own time: no verdict.
                 self._breaker.record(permit, Outcome.IGNORED)
                 raise RedisTimeoutError(f"deadline exceeded waiting for Redis: {exc}") from exc
