@@ -344,9 +344,7 @@ class ConnectionBackend:
 
     def counts(self) -> PoolCounts:
         (idle, _), (in_use, _) = self._pool.get_connection_count()
-        # Parked connections are idle, though redis-py counts them as in use.
-        parked = min(self._pool.parked, in_use) if isinstance(self._pool, ParkingPool) else 0
-        return PoolCounts(created=idle + in_use, idle=idle + parked, in_use=in_use - parked)
+        return PoolCounts(created=idle + in_use, idle=idle, in_use=in_use)
 
     def info(self, timeout: float) -> ServerInfo:
         if self._info is not None:

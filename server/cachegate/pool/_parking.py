@@ -8,8 +8,8 @@ it, so `ParkingPool.release()` parks a healthy connection on a LIFO, and
 `get_connection()` hands the most recently parked one out first.
 
 The connections stay redis-py's: it made them, counts them (a parked connection is
-"in use" to redis-py; `parked` says how many of those are idle), health-checks
-them and closes them. What redis-py checks on checkout still runs: fork safety
+"in use" to redis-py's bookkeeping; `get_connection_count()` reports it as idle),
+health-checks them and closes them. What redis-py checks on checkout still runs: fork safety
 (`_checkpid`) and its socket test (a connection Redis closed, or one holding stray
 bytes, goes through redis-py's own checkout, which reconnects it). The LIFO never
 grows past what callers hold at their peak, because a connection comes from
@@ -72,10 +72,11 @@ class ParkingPool:
         else:
             super().release(connection)  # type: ignore[misc]
 
-    @property
-    def parked(self) -> int:
-        """Connections parked now (idle, though redis-py counts them as in use)."""
-        return len(self._parked)
+    def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
+        """redis-py's (idle, in use) counts, with parked connections counted as idle."""
+        (idle, idle_attributes), (in_use, used_attributes) = super().get_connection_count()  # type: ignore[misc]
+        parked = min(len(self._parked), in_use)
+        return [(idle + parked, idle_attributes), (in_use - parked, used_attributes)]
 
     def unpark(self, older_than: float) -> list[tuple[Any, float]]:
         """Take connections parked for longer than `older_than` seconds off the LIFO.

@@ -188,19 +188,19 @@ def create_server(
     if config.server.reflection:
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
     address = listen or config.server.listen
+    failure: RuntimeError | None = None
     try:
         if credentials is not None:
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as exc:
+        port, failure = 0, exc
+    if port == 0:  # older grpcio reports a failed bind as port 0 instead of raising
         threads.shutdown(wait=False)
         pool.close()
-        raise AddressInUseError(f"cannot listen on {address}: {exc}") from exc
-    if port == 0:  # older grpcio reports a failed bind as port 0
-        threads.shutdown(wait=False)
-        pool.close()
-        raise AddressInUseError(f"cannot listen on {address}: address in use or invalid")
+        reason = str(failure) if failure is not None else "address in use or invalid"
+        raise AddressInUseError(f"cannot listen on {address}: {reason}") from failure
     log.info(
         "built server",
         extra={
