@@ -1192,10 +1192,23 @@ class ClusterSetup:
     def _diagnostics(self) -> str:
         return "\n".join(f"{n!r}\n{n.log_tail(10)}" for n in self.nodes)
 
+    def _roles_settled(self) -> bool:
+        # Until CLUSTER REPLICATE has reached every view, a replica-to-be shows as a
+        # master without slots (and says role:master itself), which _node_ready accepts.
+        running = {n.port for n in self.nodes if n.is_running()}
+        return all(
+            i.slots or not i.is_master
+            for i in self.cluster_nodes()
+            if i.port in running and not i.is_failed
+        )
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Bounded wait until every running node reports cluster_state:ok and is synced."""
         wait_until(
-            lambda: all(self._node_ready(n) for n in self.nodes if n.is_running()),
+            lambda: (
+                all(self._node_ready(n) for n in self.nodes if n.is_running())
+                and self._roles_settled()
+            ),
             timeout=timeout,
             what="cluster_state:ok and synced replicas on every node",
             interval=0.1,
