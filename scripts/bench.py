@@ -271,13 +271,67 @@ def start_cachegate(redis_url: str, workers: int) -> Cachegate:
         time.sleep(0.2)
 
 
+@dataclass
+class FloorServer:
+    """scripts/grpc_floor.py, one pinned process per worker sharing one port."""
+
+    processes: list[subprocess.Popen[bytes]]
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def start_floor(workers: int) -> FloorServer:
+    port = free_port()
+    cpus = sorted(os.sched_getaffinity(0))
+    server = FloorServer([], port)
+    for worker in range(workers):
+        command = [sys.executable, str(ROOT / "scripts" / "grpc_floor.py"), "--port", str(port)]
+        command += ["--cpu", str(cpus[worker % len(cpus)])]
+        server.processes.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(server.target) as channel:
+        stub = channel.unary_unary(
+            "/cachegate.v1.CacheService/Get", request_serializer=None, response_deserializer=None
+        )
+        while True:
+            try:
+                stub(grpc_body(pb.GetRequest(key="k7"))[5:], timeout=1)
+                return server
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    server.stop()
+                    raise RuntimeError("grpc_floor.py did not start") from None
+                time.sleep(0.2)
+
+
 def grpc_body(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return b"\x00" + len(data).to_bytes(4, "big") + data
 
 
 def h2load(
-    server: Cachegate, method: str, body: bytes, concurrency: int, requests: int, folder: Path
+    server: Cachegate | FloorServer,
+    method: str,
+    body: bytes,
+    concurrency: int,
+    requests: int,
+    folder: Path,
 ) -> tuple[float, list[float], float]:
     """ops/s, latencies (s) and server CPU seconds of one h2load run."""
     data, log = folder / f"{method}.bin", folder / f"{method}-{concurrency}.log"
@@ -332,15 +386,49 @@ def unary(
                     f"h2load, {server.workers} worker(s)",
                 )
             )
-        runs.sort(key=lambda r: r.ops_per_s)
-        median = runs[len(runs) // 2]
-        if repeat > 1:
-            median.note += (
-                f", median of {repeat} runs ({runs[0].ops_per_s:,.0f}-{runs[-1].ops_per_s:,.0f}"
-                " ops/s)"
-            )
-        records.append(median)
+        records.append(median_run(runs))
     return records
+
+
+def median_run(runs: list[Record]) -> Record:
+    """The run with the median ops/s; its note gives the spread of all of them."""
+    runs.sort(key=lambda r: r.ops_per_s)
+    median = runs[len(runs) // 2]
+    if len(runs) > 1:
+        median.note += (
+            f", median of {len(runs)} runs ({runs[0].ops_per_s:,.0f}-{runs[-1].ops_per_s:,.0f}"
+            " ops/s)"
+        )
+    return median
+
+
+def floor(folder: Path, workers: int, concurrency: int, requests: int, repeat: int) -> Record:
+    """grpcio's own floor on this machine: scripts/grpc_floor.py under the same load.
+
+    Read cachegate's unary records against it: the distance between the two is
+    cachegate's own cost; the floor itself is the framework's and the machine's.
+    """
+    server = start_floor(workers)
+    try:
+        body = grpc_body(pb.GetRequest(key="k7"))
+        runs = []
+        for _ in range(repeat):
+            rate, latencies, cpu = h2load(server, "Get", body, concurrency, requests, folder)
+            runs.append(
+                Record(
+                    "grpcio-floor-get",
+                    concurrency,
+                    1,
+                    rate,
+                    percentile(latencies, 0.5) * 1000,
+                    percentile(latencies, 0.99) * 1000,
+                    cpu / len(latencies) * 1e6,
+                    f"bare grpcio, a constant reply (scripts/grpc_floor.py), {workers} worker(s)",
+                )
+            )
+        return median_run(runs)
+    finally:
+        server.stop()
 
 
 def _pipeline_client(
@@ -499,6 +587,7 @@ def main() -> int:
                         records += unary(server, folder, concurrency, requests, args.repeat)
                 finally:
                     server.stop()
+                records.append(floor(folder, args.workers, 64, args.requests, args.repeat))
             if "pipeline" in parts:
                 server = start_cachegate(redis_proc.url, args.pipeline_workers)
                 try:
@@ -517,7 +606,11 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
     print(f"\nwrote {args.json}")
-    medians = [r.server_cpu_us_per_op for r in records if r.server_cpu_us_per_op is not None]
+    medians = [
+        r.server_cpu_us_per_op
+        for r in records
+        if r.server_cpu_us_per_op is not None and r.name.startswith("cachegate")
+    ]
     if medians:
         print(f"median server cpu us/op over cachegate runs: {statistics.median(medians):.2f}")
     return 0
