@@ -70,6 +70,36 @@ def test_calls_held_by_long_work_get_new_threads(release: threading.Event) -> No
         pool.shutdown()
 
 
+def test_calls_blocked_while_the_cpu_idles_get_threads_within_milliseconds(
+    release: threading.Event,
+) -> None:
+    # held_after is out of play: only the blocked-with-CPU-to-spare rule can add threads.
+    # (A slow Redis: every call waits for a connection or a reply, the CPU idles.)
+    pool = RpcThreadPool(2, 10, held_after=WAIT * 10, blocked_after=0.005)
+    try:
+        blocked = [pool.submit(release.wait, WAIT) for _ in range(6)]
+        eventually(lambda: all(f.running() for f in blocked), "a thread for every blocked call")
+        assert pool.threads == 6
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_calls_waiting_for_a_saturated_cpu_get_no_threads(release: threading.Event) -> None:
+    # A process CPU clock that runs as fast as the wall clock: the CPU has no room, so
+    # busy threads are waiting for it and more threads would only contend.
+    pool = RpcThreadPool(2, 10, held_after=WAIT * 10, blocked_after=0.005, cpu_clock=time.monotonic)
+    try:
+        calls = [pool.submit(release.wait, WAIT) for _ in range(6)]
+        eventually(lambda: sum(f.running() for f in calls) == 2, "the core threads to start")
+        time.sleep(0.2)  # the watcher has looked ~20 times since
+        assert pool.threads == 2
+        assert sum(f.running() for f in calls) == 2
+    finally:
+        release.set()
+        pool.shutdown()
+
+
 def test_never_more_threads_than_the_limit(release: threading.Event) -> None:
     pool = RpcThreadPool(1, 3, held_after=0.02)
     try:

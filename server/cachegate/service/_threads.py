@@ -8,17 +8,23 @@ call on 64 threads, ~146 µs on 8). A small pool lets a thread that finishes a c
 take the next one without sleeping.
 
 A fixed small pool would starve, though: a Pipeline stream holds its thread for its
-whole life, and a hanging Redis holds unary calls up to their deadlines. So this
-pool counts a thread busy for longer than `held_after` as held, and while calls
-wait and fewer than `core` threads are free of held work, it starts more threads,
-up to `limit` (the server's RPC limit, so every admitted RPC can still get a thread,
-as with a thread per RPC). A thread above `core` leaves once the held calls it was
-started for have ended (after a call, when more than `core` threads are free), or
-after `idle_exit` seconds without work.
+whole life, a hanging Redis holds unary calls up to their deadlines, and a slow or
+overloaded Redis holds every call for tens of milliseconds (in the waits for a
+connection and for a reply). So this pool counts a thread as held when it has been
+busy for longer than `held_after`, or for longer than `blocked_after` while the
+process leaves CPU time unused: then the threads wait on something other than the
+CPU, and more threads can run. While calls wait and fewer than `core` threads are
+free of held work, it starts more threads, up to `limit` (the server's RPC limit, so
+every admitted RPC can still get a thread, as with a thread per RPC). When the CPU
+is saturated instead, a call that takes a few milliseconds is waiting for the CPU,
+and more threads would only contend for it. A thread above `core` leaves once the
+held calls it was started for have ended (after a call, when more than `core`
+threads are free), or after `idle_exit` seconds without work.
 
 Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (a Python
 Condition per hand-off measured ~15 µs more per call); the held-thread check runs on
-a watcher thread that wakes every `held_after / 2` while the pool is busy.
+a watcher thread that wakes every `2 * blocked_after` while the pool is busy and
+reads the process's CPU time to tell the two kinds of busy apart.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from concurrent import futures
 from typing import Any, ParamSpec, TypeVar
 
 __all__ = ["RpcThreadPool"]
+
+# The process counts as leaving CPU time unused below this share of one CPU (the GIL
+# keeps the Python work of a worker process on about one CPU).
+CPU_ROOM = 0.75
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -47,15 +57,21 @@ class RpcThreadPool(futures.Executor):
         limit: int,
         *,
         held_after: float = 0.05,
+        blocked_after: float = 0.005,
         idle_exit: float = 60.0,
         name: str = "cachegate-rpc",
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         if not 1 <= core <= limit:
             raise ValueError(f"need 1 <= core <= limit, got core={core} limit={limit}")
         self._core = core
         self._limit = limit
         self._held_after = held_after
+        self._blocked_after = blocked_after
+        self._cpu_clock = cpu_clock
+        # Set by the watcher every tick: did the process leave CPU time unused?
+        self._cpu_room = False
         self._idle_exit = idle_exit
         self._name = name
         self._clock = clock
@@ -130,8 +146,8 @@ class RpcThreadPool(futures.Executor):
         return True
 
     def _free_threads(self) -> int:
-        """Threads not held by a long call (busy for longer than `held_after`)."""
-        cutoff = self._clock() - self._held_after
+        """Threads not held by a long call (see the module's docstring)."""
+        cutoff = self._clock() - (self._blocked_after if self._cpu_room else self._held_after)
         held = sum(1 for since in list(self._busy_since.values()) if since < cutoff)
         return self._threads - held
 
@@ -145,10 +161,14 @@ class RpcThreadPool(futures.Executor):
                 break
 
     def _watch(self) -> None:
+        last_wall, last_cpu = self._clock(), self._cpu_clock()
         while not self._shutdown:
             self._busy.wait()
             # Look again once a thread could have been held for long.
-            time.sleep(self._held_after / 2)
+            time.sleep(2 * self._blocked_after)
+            wall, cpu = self._clock(), self._cpu_clock()
+            self._cpu_room = cpu - last_cpu < CPU_ROOM * (wall - last_wall)
+            last_wall, last_cpu = wall, cpu
             self._grow_past_held()
             if not self._busy_since and not self._queue.qsize():
                 self._busy.clear()  # nothing runs: sleep until the next submit
