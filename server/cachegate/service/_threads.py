@@ -157,11 +157,19 @@ class RpcThreadPool(futures.Executor):
         return self._threads - held
 
     def _grow_past_held(self) -> None:
-        """Start threads so that `core` of them are free of held calls (up to `limit`)."""
+        """Start threads so that `core` of them are free of held calls (up to `limit`).
+
+        While the threads block with CPU to spare, every waiting call gets a thread at
+        once: each will block too, and a queue in front of them only delays the
+        answer (a shed call's RESOURCE_EXHAUSTED, above all).
+        """
         waiting = self._queue.qsize()
         if not waiting or len(self._busy_since) < self._threads:  # a free thread will take it
             return
-        for _ in range(min(self._core - self._free_threads(), waiting)):
+        missing = self._core - self._free_threads()
+        if self._cpu_room and missing > 0:
+            missing = waiting
+        for _ in range(min(missing, waiting)):
             if not self._start_thread(below=self._limit):
                 break
 
