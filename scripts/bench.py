@@ -374,20 +374,26 @@ def unary(
             ok = after.get((method, "OK"), 0) - before.get((method, "OK"), 0)
             if ok != len(latencies):  # h2load sees HTTP 200 for any gRPC status: ask the server
                 raise AssertionError(f"{method}: {len(latencies)} requests but {ok} answered OK")
-            runs.append(
-                Record(
-                    f"cachegate-unary-{method.lower()}",
-                    concurrency,
-                    1,
-                    rate,
-                    percentile(latencies, 0.5) * 1000,
-                    percentile(latencies, 0.99) * 1000,
-                    cpu / len(latencies) * 1e6,
-                    f"h2load, {server.workers} worker(s)",
-                )
-            )
+            name, note = f"cachegate-unary-{method.lower()}", f"h2load, {server.workers} worker(s)"
+            runs.append(h2load_record(name, concurrency, rate, latencies, cpu, note))
         records.append(median_run(runs))
     return records
+
+
+def h2load_record(
+    name: str, concurrency: int, rate: float, latencies: list[float], cpu: float, note: str
+) -> Record:
+    """The record of one h2load run of single calls (batch 1)."""
+    return Record(
+        name,
+        concurrency,
+        1,
+        rate,
+        percentile(latencies, 0.5) * 1000,
+        percentile(latencies, 0.99) * 1000,
+        cpu / len(latencies) * 1e6,
+        note,
+    )
 
 
 def median_run(runs: list[Record]) -> Record:
@@ -414,18 +420,8 @@ def floor(folder: Path, workers: int, concurrency: int, requests: int, repeat: i
         runs = []
         for _ in range(repeat):
             rate, latencies, cpu = h2load(server, "Get", body, concurrency, requests, folder)
-            runs.append(
-                Record(
-                    "grpcio-floor-get",
-                    concurrency,
-                    1,
-                    rate,
-                    percentile(latencies, 0.5) * 1000,
-                    percentile(latencies, 0.99) * 1000,
-                    cpu / len(latencies) * 1e6,
-                    f"bare grpcio, a constant reply (scripts/grpc_floor.py), {workers} worker(s)",
-                )
-            )
+            note = f"bare grpcio, a constant reply (scripts/grpc_floor.py), {workers} worker(s)"
+            runs.append(h2load_record("grpcio-floor-get", concurrency, rate, latencies, cpu, note))
         return median_run(runs)
     finally:
         server.stop()
