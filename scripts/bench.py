@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -251,24 +251,48 @@ def start_cachegate(redis_url: str, workers: int) -> Cachegate:
     )
     process = subprocess.Popen([SERVER], env=env, stderr=subprocess.DEVNULL)
     server = Cachegate(process, port, http_port, workers)
+    try:
+        wait_answering(
+            server.target,
+            "Stats",
+            pb.StatsRequest().SerializeToString(),
+            alive=lambda: process.poll() is None,
+            ready=lambda: len(server.pids()) >= workers,  # the supervisor forked them all
+        )
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError("cachegate-server did not start") from None
+    return server
+
+
+def wait_answering(
+    target: str,
+    method: str,
+    request: bytes,
+    *,
+    alive: Callable[[], bool],
+    ready: Callable[[], bool] = lambda: True,
+) -> None:
+    """Until `target` answers `method` and `ready()` holds; RuntimeError after 30 s or
+    once `alive()` is false. Then half a second more, for the other workers to bind."""
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            with grpc.insecure_channel(server.target) as channel:
-                stub = channel.unary_unary(
-                    "/cachegate.v1.CacheService/Stats",
-                    request_serializer=None,
-                    response_deserializer=None,
-                )
-                stub(pb.StatsRequest().SerializeToString(), timeout=1)
-                if len(server.pids()) >= workers:
+    with grpc.insecure_channel(target) as channel:
+        stub = channel.unary_unary(
+            f"/cachegate.v1.CacheService/{method}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        while True:
+            try:
+                stub(request, timeout=1)
+                if ready():
                     time.sleep(0.5)
-                    return server
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("cachegate-server did not start")
-        time.sleep(0.2)
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline or not alive():
+                raise RuntimeError(f"{target} did not answer {method}")
+            time.sleep(0.2)
 
 
 @dataclass
@@ -304,20 +328,17 @@ def start_floor(workers: int) -> FloorServer:
         command = [sys.executable, str(ROOT / "scripts" / "grpc_floor.py"), "--port", str(port)]
         command += ["--cpu", str(cpus[worker % len(cpus)])]
         server.processes.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
-    deadline = time.monotonic() + 30
-    with grpc.insecure_channel(server.target) as channel:
-        stub = channel.unary_unary(
-            "/cachegate.v1.CacheService/Get", request_serializer=None, response_deserializer=None
+    try:
+        wait_answering(
+            server.target,
+            "Get",
+            pb.GetRequest(key="k7").SerializeToString(),
+            alive=lambda: all(process.poll() is None for process in server.processes),
         )
-        while True:
-            try:
-                stub(grpc_body(pb.GetRequest(key="k7"))[5:], timeout=1)
-                return server
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError("grpc_floor.py did not start") from None
-                time.sleep(0.2)
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError("grpc_floor.py did not start") from None
+    return server
 
 
 def grpc_body(message: Any) -> bytes:
