@@ -1,0 +1,217 @@
+"""What the hostile-caller drills share: a gateway's processes, their memory, a bystander.
+
+Each attack drill starts a real `cachegate-server` (usually 2 workers on a Redis
+backend), attacks it from this process over loopback with a bounded loop, and watches:
+
+- `MemoryWatch`: the peak VmRSS of every process of the gateway (the supervisor and
+  each worker, found through /proc), sampled in a thread; a process that passes
+  `kill_above_kb` is SIGKILLed the way a container's memory limit would, so a drill
+  that fails never takes the machine down with it.
+- `Bystander`: another caller's unary SetEx/Get loop on its own connections while the
+  attack runs; its p50/p99 and status codes say whether the attack cost it service.
+- `attack_row`: the drill's row of the report, with those figures in its notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from drills.harness import DrillRow, Gateway
+from drills.load import Load, Summary, percentile, summarize
+
+__all__ = [
+    "CONTAINER_LIMIT_KB",
+    "Bystander",
+    "MemoryWatch",
+    "attack_row",
+    "gateway_pids",
+    "rss_kb",
+    "workers_env",
+]
+
+CONTAINER_LIMIT_KB = 3 * 1024 * 1024
+"""The drills' stand-in for a container memory limit: a process past 3 GB is killed."""
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of `pid` in kB, or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                found.extend(int(child) for child in text.split())
+    return found
+
+
+def gateway_pids(gateway: Gateway) -> list[int]:
+    """The gateway's process and its direct children (the workers, in worker mode)."""
+    return [gateway.pid, *_children(gateway.pid)]
+
+
+def workers_env(redis_url: str, workers: int = 2, **extra: str) -> dict[str, str]:
+    """The environment of an attacked gateway: `workers` processes on a Redis backend."""
+    return {
+        "CACHEGATE_BACKEND": "redis",
+        "REDIS_URL": redis_url,
+        "CACHEGATE_WORKERS": str(workers),
+        **extra,
+    }
+
+
+class MemoryWatch:
+    """Samples the RSS of every process of a gateway; SIGKILLs one past `kill_above_kb`."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        interval: float = 0.05,
+        max_seconds: float = 120.0,
+        kill_above_kb: int = CONTAINER_LIMIT_KB,
+    ) -> None:
+        self._gateway = gateway
+        self._interval = interval
+        self._max_seconds = max_seconds
+        self._kill_above_kb = kill_above_kb
+        self._stop = threading.Event()
+        self.peak_kb: dict[int, int] = {}
+        self.start_kb: dict[int, int] = {}
+        self.killed: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
+
+    def _sample(self) -> None:
+        for pid in gateway_pids(self._gateway):
+            value = rss_kb(pid)
+            if value is None:
+                continue
+            self.start_kb.setdefault(pid, value)
+            self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), value)
+            if value > self._kill_above_kb and pid not in self.killed:
+                self.killed.append(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _run(self) -> None:
+        end = time.monotonic() + self._max_seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            self._sample()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> MemoryWatch:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(self._max_seconds + 5)
+        self._sample()
+
+    @property
+    def worker_peaks_mb(self) -> dict[int, float]:
+        """Peak RSS in MB per process other than the supervisor (all of them when the
+        gateway runs as one process)."""
+        peaks = {pid: kb / 1024 for pid, kb in self.peak_kb.items() if pid != self._gateway.pid}
+        return peaks or {pid: kb / 1024 for pid, kb in self.peak_kb.items()}
+
+    @property
+    def max_worker_mb(self) -> float:
+        return max(self.worker_peaks_mb.values(), default=0.0)
+
+    def text(self) -> str:
+        peaks = " ".join(f"{mb:.0f}" for _, mb in sorted(self.worker_peaks_mb.items()))
+        killed = f" KILLED={len(self.killed)}" if self.killed else ""
+        return f"peak RSS/worker MB=[{peaks}]{killed}"
+
+
+class Bystander:
+    """Another tenant's unary traffic during an attack: SetEx then Get of its own keys,
+    `threads` connections, bounded by `max_seconds` and `max_requests`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        threads: int = 2,
+        max_seconds: float = 30.0,
+        max_requests: int = 200_000,
+        pace: float = 0.002,
+    ) -> None:
+        self.load = Load(
+            target,
+            "bystander",
+            threads=threads,
+            inflight=1,
+            pace=pace,
+            max_seconds=max_seconds,
+            max_requests=max_requests,
+        )
+
+    def __enter__(self) -> Bystander:
+        self.load.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.load.__exit__(exc_type, exc, tb)
+
+    @property
+    def summary(self) -> Summary:
+        return summarize(self.load.records)
+
+    def p50_ms(self) -> float:
+        return percentile([r.latency for r in self.load.records], 50) * 1000
+
+    def p99_ms(self) -> float:
+        return percentile([r.latency for r in self.load.records], 99) * 1000
+
+    def text(self) -> str:
+        summary = self.summary
+        return (
+            f"bystander n={summary.sent} p50={self.p50_ms():.1f}ms p99={self.p99_ms():.1f}ms "
+            f"codes: OK={summary.ok} {summary.failed_text}"
+        )
+
+
+def attack_row(
+    drill: str,
+    bystander: Bystander,
+    memory: MemoryWatch | None,
+    *,
+    lost: int | None,
+    notes: str = "",
+) -> DrillRow:
+    """The report row of an attack: the bystander's figures, peak RSS and the drill's notes."""
+    parts = [notes, bystander.text()]
+    if memory is not None:
+        parts.append(memory.text())
+    return DrillRow.of(
+        drill,
+        bystander.summary,
+        lost=lost,
+        breaker="-",
+        recover_s=None,
+        notes="; ".join(part for part in parts if part),
+    )
