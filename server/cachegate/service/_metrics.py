@@ -42,6 +42,7 @@ __all__ = [
     "BREAKER_STATE_VALUES",
     "GRPC_SERVICE",
     "HANDLING_BUCKETS",
+    "TLS_RELOAD_RESULTS",
     "PoolCollector",
     "PrometheusObserver",
     "ServerMetrics",
@@ -63,6 +64,9 @@ HANDLING_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+# cachegate_tls_reloads_total's results, each a series from the start.
+TLS_RELOAD_RESULTS: tuple[str, ...] = ("applied", "rejected")
 
 # The transitions a breaker makes on its own; forced ones are bound when first seen.
 _TRANSITIONS = (
@@ -311,6 +315,20 @@ class ServerMetrics:
         for old, new in _TRANSITIONS:
             self._transitions.labels(old.value, new.value, worker)
         pool.add_state_listener(self._on_transition)
+        # Counted as they happen (a listener _tls calls): _tls knows nothing of prometheus.
+        self._tls_reloads = Counter(
+            "cachegate_tls_reloads_total",
+            "Changed certificate files, by result: applied (new connections get the new "
+            "certificate) or rejected (the old one stays; the log says which file and why).",
+            ["result", "worker"],
+            registry=self.registry,
+        )
+        for result in TLS_RELOAD_RESULTS:
+            self._tls_reloads.labels(result, worker)
 
     def _on_transition(self, old: CircuitState, new: CircuitState) -> None:
         self._transitions.labels(old.value, new.value, self._worker).inc()
+
+    def tls_reloaded(self, result: str) -> None:
+        """A certificate reload's outcome ("applied" or "rejected"), as _tls reports it."""
+        self._tls_reloads.labels(result, self._worker).inc()

@@ -9,7 +9,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +25,7 @@ from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
 from cachegate.service._threads import RpcThreadPool
-from cachegate.service._tls import server_credentials
+from cachegate.service._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.v1 import admin_pb2, cache_pb2
 
 __all__ = [
@@ -86,25 +85,24 @@ class CacheServer:
 
 
 def load_security(
-    config: Config, *, credentials: bool = True
+    config: Config, *, credentials: bool = True, tls_listener: ReloadListener | None = None
 ) -> tuple[TokenTable | None, grpc.ServerCredentials | None]:
     """Read the tokens file and TLS files; ServerStartError names what is wrong.
 
     The entry point calls it before forking workers too (with credentials=False:
-    the files are read, but no gRPC object is made before a fork), so a bad file
-    stops start-up once, with one message, instead of failing in every worker.
+    the files are read and checked, but no gRPC object is made before a fork), so a
+    bad file stops start-up once, with one message, instead of failing in every worker.
+    `tls_listener` hears the outcome of each certificate reload (see _tls).
     """
     security = config.security
     try:
         tokens = TokenTable.from_file(security.tokens_file) if security.tokens_file else None
         made = None
         if security.tls and credentials:
-            made = server_credentials(security)
+            made = server_credentials(security, tls_listener)
         elif security.tls:
-            for path in (security.tls_cert, security.tls_key, security.tls_client_ca):
-                if path:
-                    Path(path).read_bytes()
-    except (TokenTableError, OSError) as exc:
+            read_tls_files(security)
+    except (TokenTableError, TlsFileError, OSError) as exc:
         raise ServerStartError(str(exc)) from exc
     return tokens, made
 
@@ -130,6 +128,7 @@ def create_server(
     workers: int = 1,
     observer: RpcObserver | None = None,
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    tls_listener: ReloadListener | None = None,
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
@@ -138,7 +137,8 @@ def create_server(
     """
     limits = config.limits
     security = config.security
-    tokens, credentials = load_security(config)  # before anything exists: nothing half-starts
+    # Before anything exists: nothing half-starts.
+    tokens, credentials = load_security(config, tls_listener=tls_listener)
     if tokens is not None:
         interceptors = (AuthInterceptor(tokens), *interceptors)
     pool = pool or RedisConnectionPool(config)

@@ -124,6 +124,7 @@ def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Se
             worker_id=worker_id,
             workers=workers,
             observer=metrics.observer,
+            tls_listener=metrics.tls_reloaded,
         )
     except BaseException:
         pool.close()
