@@ -100,6 +100,8 @@ class CacheServiceServicer:
 
     def Stats(self, request, context):
         """Stats reports the pool, breaker and hit/miss figures of the server.
+        With tokens on, a client-role token sees only its own figures: see
+        StatsResponse for who sees what.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,10 @@ class CacheServiceStub:
     in order. A failed operation fails only its own result.
     """
     Stats: _grpc.UnaryUnaryMultiCallable[_cache_pb2.StatsRequest, _cache_pb2.StatsResponse]
-    """Stats reports the pool, breaker and hit/miss figures of the server."""
+    """Stats reports the pool, breaker and hit/miss figures of the server.
+    With tokens on, a client-role token sees only its own figures: see
+    StatsResponse for who sees what.
+    """
 
 @_typing.type_check_only
 class CacheServiceAsyncStub(CacheServiceStub):
@@ -75,7 +78,10 @@ class CacheServiceAsyncStub(CacheServiceStub):
     in order. A failed operation fails only its own result.
     """
     Stats: _aio.UnaryUnaryMultiCallable[_cache_pb2.StatsRequest, _cache_pb2.StatsResponse]  # type: ignore[assignment]
-    """Stats reports the pool, breaker and hit/miss figures of the server."""
+    """Stats reports the pool, breaker and hit/miss figures of the server.
+    With tokens on, a client-role token sees only its own figures: see
+    StatsResponse for who sees what.
+    """
 
 class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
     """CacheService is the cache API. Every RPC runs through the server's
@@ -123,6 +129,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_pb2.StatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_pb2.StatsResponse, _abc.Awaitable[_cache_pb2.StatsResponse]]:
-        """Stats reports the pool, breaker and hit/miss figures of the server."""
+        """Stats reports the pool, breaker and hit/miss figures of the server.
+        With tokens on, a client-role token sees only its own figures: see
+        StatsResponse for who sees what.
+        """
 
 def add_CacheServiceServicer_to_server(servicer: CacheServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -315,6 +315,15 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
 
     @_unary
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        """Every figure for an admin token or without tokens; a client token's own otherwise.
+
+        Pool, call and Redis figures are shared by every tenant (another tenant's
+        misses are in calls.misses_total), so a client token gets only what says
+        nothing about others: see StatsResponse in cache.proto.
+        """
+        tenant = self._tenant(context)
+        if tenant is not None and tenant.role != "admin":
+            return self._client_stats(tenant)
         stats = self._pool.get_stats()
         health = self._pool.health_check()
         snapshot = self._pool.breaker.snapshot()
@@ -348,11 +357,24 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             ),
             worker_id=self._worker_id,
             workers=self._workers,
-            tenant=self._tenant_stats(context),
+            tenant=self._tenant_stats(tenant),
         )
 
-    def _tenant_stats(self, context: grpc.ServicerContext) -> pb.TenantStats | None:
-        tenant = self._tenant(context)
+    def _client_stats(self, tenant: Identity) -> pb.StatsResponse:
+        """A client token's view: no Redis call, nothing another tenant's calls move."""
+        breaker = breaker_stats(self._pool.breaker.snapshot())
+        return pb.StatsResponse(
+            backend=self._pool.get_stats()["backend"],
+            # Whether (and for how long) its calls are refused; the counters are everyone's.
+            breaker=pb.BreakerStats(
+                state=breaker.state, retry_after_seconds=breaker.retry_after_seconds
+            ),
+            worker_id=self._worker_id,
+            workers=self._workers,
+            tenant=self._tenant_stats(tenant),
+        )
+
+    def _tenant_stats(self, tenant: Identity | None) -> pb.TenantStats | None:
         if tenant is None:
             return None
         calls, hits, misses = self._tenants.get(tenant.tenant)
