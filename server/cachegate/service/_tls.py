@@ -13,7 +13,8 @@ grpc will get. Files that pass are handed over ("certificate reloaded"); files
 that fail keep the old certificate, are logged as a warning naming the file and
 why, and are reported to the listener (the server counts both outcomes in
 `cachegate_tls_reloads_total`). Each change of the files is judged once: a bad
-file is not re-read, nor re-logged, at every handshake.
+file is not re-read, nor re-logged, at every handshake; files rewritten with the
+bytes already in use are no reload at all.
 
 The key is a secret: it is checked through a memory file (memfd) where the
 platform has one, and no message ever quotes a file's content.
@@ -189,7 +190,7 @@ def server_credentials(
         return tuple(_stamp(p) for p in paths)
 
     judged = [stamp()]  # before reading: a change made while we read is seen next time
-    initial = read_tls_files(security).configuration()
+    in_use = [read_tls_files(security)]
 
     def report(result: ReloadResult) -> None:
         if on_reload is None:
@@ -218,6 +219,9 @@ def server_credentials(
                 log.exception("certificate reload failed; keeping the old certificate")
                 report("rejected")
                 return None
+            if files == in_use[0]:  # rewritten with the same bytes: nothing to apply
+                return None
+            in_use[0] = files
             log.info(
                 "certificate reloaded",
                 extra={"cert": security.tls_cert, "key": security.tls_key},
@@ -226,7 +230,7 @@ def server_credentials(
             return files.configuration()
 
     return grpc.dynamic_ssl_server_credentials(
-        initial,
+        in_use[0].configuration(),
         fetch,  # type: ignore[arg-type]  # grpc-stubs omit that None means "unchanged"
         require_client_authentication=security.tls_client_ca is not None,
     )
