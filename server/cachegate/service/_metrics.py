@@ -9,7 +9,8 @@ Two sources, two costs:
   reads `pool.get_stats()` (no Redis call) when Prometheus scrapes.
 
 Only breaker transitions are counted as they happen (a state listener), because
-get_stats() keeps one total, not one per (from, to) pair.
+get_stats() keeps one total, not one per (from, to) pair; and certificate reloads
+(`cachegate_tls_reloads_total`, a listener that _tls calls with each outcome).
 
 Each `ServerMetrics` owns its own `CollectorRegistry` (never the global one), so a
 test process can build many servers, and every series carries a `worker` label
