@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -53,6 +54,7 @@ class HttpSidePort:
     ) -> None:
         host, port = split_listen(listen)
         self._metrics_app = make_wsgi_app(registry)
+        self._scraping = threading.Lock()
         self._health = health
         try:
             self._server = BoundedHttpServer(
@@ -80,7 +82,10 @@ class HttpSidePort:
     def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            # One scrape built at a time: a scrape flood takes at most one thread's share
+            # of the GIL from the gRPC work (the other handler stays free for health).
+            with self._scraping:
+                body: Iterable[bytes] = self._metrics_app(environ, start_response)
             return body
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])

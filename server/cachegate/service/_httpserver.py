@@ -146,21 +146,28 @@ class BoundedHttpServer:
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
-            timeout = None
-            if self._reading:
-                first = next(iter(self._reading.values()))
-                timeout = max(0.0, first.deadline - self._clock())
-            for key, _ in self._selector.select(timeout):
-                if key.fileobj is self._listener:
-                    self._accept()
-                elif key.fileobj is self._wake_r:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(64)
-                else:
-                    conn = self._reading.get(key.fileobj)  # type: ignore[call-overload]
-                    if conn is not None:
-                        self._read(conn)
-            self._expire()
+            try:
+                self._turn()
+            except Exception:  # never let one bad connection end the side port
+                log.exception("side port loop failed; going on")
+
+    def _turn(self) -> None:
+        """One select() and what it found, then the connections past their deadline."""
+        timeout = None
+        if self._reading:
+            first = next(iter(self._reading.values()))
+            timeout = max(0.0, first.deadline - self._clock())
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._listener:
+                self._accept()
+            elif key.fileobj is self._wake_r:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+            else:
+                conn = self._reading.get(key.fileobj)  # type: ignore[call-overload]
+                if conn is not None:
+                    self._read(conn)
+        self._expire()
 
     def _accept(self) -> None:
         for _ in range(_ACCEPTS_PER_TURN):

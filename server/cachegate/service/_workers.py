@@ -417,11 +417,13 @@ class Supervisor:
                 continue
             self._schedule_restart(worker_id, fields)
 
-    def _schedule_restart(self, worker_id: int, fields: dict[str, object]) -> None:
+    def _schedule_restart(
+        self, worker_id: int, fields: dict[str, object], why: str = "worker died unexpectedly"
+    ) -> None:
         restart = self._policy.died(worker_id)
         self._restarts[worker_id] = restart.due
         log.error(
-            "worker died unexpectedly",
+            why,
             extra={
                 **fields,
                 "deaths_in_a_row": restart.deaths_in_a_row,
@@ -436,7 +438,9 @@ class Supervisor:
                 continue
             del self._restarts[worker_id]
             if not self._spawn(worker_id):  # the OS refused a process: try again later
-                self._schedule_restart(worker_id, {"worker_id": worker_id, "fork": "failed"})
+                self._schedule_restart(
+                    worker_id, {"worker_id": worker_id}, "cannot restart the worker yet"
+                )
 
     def _start_failed(self, code: int) -> None:
         """A start-up error: stop the others and exit with `code` (1 or 2)."""
