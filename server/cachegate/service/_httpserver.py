@@ -65,6 +65,7 @@ _TIMEOUT = _status_reply("408 Request Timeout", "the request took too long to ar
 _TOO_BIG = _status_reply("431 Request Header Fields Too Large", "request head too large")
 _BUSY = _status_reply("503 Service Unavailable", "side port busy; try again")
 _BAD = _status_reply("400 Bad Request", "bad request")
+_FAILED = _status_reply("500 Internal Server Error", "internal error; see the server log")
 
 
 @dataclass(slots=True, eq=False)
@@ -248,7 +249,7 @@ class BoundedHttpServer:
             try:
                 if not self._stopping.is_set():
                     self._handle(conn, head)
-            except Exception:
+            except Exception:  # a handler thread never dies of one request
                 log.exception("side port request failed", extra={"client": conn.peer})
             finally:
                 conn.sock.close()
@@ -257,7 +258,11 @@ class BoundedHttpServer:
 
     def _handle(self, conn: _Connection, head: bytes) -> None:
         environ = self._environ(conn, head)
-        reply = _BAD if environ is None else self._run_app(environ)
+        try:
+            reply = _BAD if environ is None else self._run_app(environ)
+        except Exception:
+            log.exception("side port request failed", extra={"client": conn.peer})
+            reply = _FAILED
         conn.sock.settimeout(self._read_timeout)  # blocking, bounded in all (Python >= 3.5)
         with contextlib.suppress(OSError):
             conn.sock.sendall(reply)
