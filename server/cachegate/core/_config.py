@@ -147,6 +147,8 @@ class SecuritySettings:
 class ServerSettings:
     listen: str = "127.0.0.1:50051"
     http_listen: str | None = "127.0.0.1:9464"
+    http_max_connections: int = 64
+    http_read_timeout: float = 5.0
     grace_seconds: float = 10.0
     reflection: bool = True
     workers: int = 0  # 0 means one per CPU
@@ -296,6 +298,12 @@ SETTINGS: tuple[Setting, ...] = (
             "gRPC listen address host:port", _listen),
     Setting("CACHEGATE_HTTP_LISTEN", "server", "http_listen", "127.0.0.1:9464",
             "HTTP side port for /metrics and /health/redis; 'off' disables it", _optional_listen),
+    Setting("CACHEGATE_HTTP_MAX_CONNECTIONS", "server", "http_max_connections", "64",
+            "side-port connections held open at once (they cost no thread); one more closes "
+            "the one that has waited longest for its request, or gets 503", _int(1)),
+    Setting("CACHEGATE_HTTP_READ_TIMEOUT", "server", "http_read_timeout", "5",
+            "seconds a side-port connection has to send its request (in all, not per "
+            "byte) and again to take its reply; then it is closed", _float(positive=True)),
     Setting("CACHEGATE_GRACE_SECONDS", "server", "grace_seconds", "10",
             "on SIGTERM, how long in-flight RPCs may run before the server stops", _float()),
     Setting("CACHEGATE_REFLECTION", "server", "reflection", "1",

@@ -1,8 +1,10 @@
 """The HTTP side port: /metrics (Prometheus text) and /health/redis (the pool's health JSON).
 
-Built on what the standard library and prometheus_client already have: wsgiref's
-server (threaded, daemon threads) and prometheus_client's `make_wsgi_app`, which
-handles content negotiation (OpenMetrics) and gzip. No web framework.
+Built on what the standard library and prometheus_client already have:
+prometheus_client's `make_wsgi_app` (content negotiation, OpenMetrics, gzip) on a
+small bounded server of our own (`_httpserver.py`: three threads in all, idle and
+slow connections cost no thread, a read timeout, a normal backlog), because this
+port lives inside the gRPC worker and must never take its threads. No web framework.
 
     /metrics        the server's own CollectorRegistry
     /health/redis   pool.health_check() as JSON; 200 when healthy, 503 when not
@@ -12,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from cachegate.service._httpserver import BoundedHttpServer
 
 __all__ = ["HttpListenError", "HttpSidePort", "split_listen"]
 
@@ -39,21 +40,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scrape never holds up shutdown
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """wsgiref prints every request to stderr; our logs are JSON lines, so: debug logs."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", extra={"client": self.client_address[0], "line": format % args})
-
-
 class HttpSidePort:
     """A started-on-demand HTTP server for one registry and one health function."""
 
@@ -63,42 +49,43 @@ class HttpSidePort:
         *,
         registry: CollectorRegistry,
         health: Callable[[], dict[str, Any]],
+        max_connections: int = 64,
+        read_timeout: float = 5.0,
     ) -> None:
         host, port = split_listen(listen)
         self._metrics_app = make_wsgi_app(registry)
+        self._scraping = threading.Lock()
         self._health = health
-        server_class = _Server6 if ":" in host else _Server
         try:
-            self._server = make_server(
-                host, port, self._app, server_class=server_class, handler_class=_QuietHandler
+            self._server = BoundedHttpServer(
+                host,
+                port,
+                self._app,
+                max_connections=max_connections,
+                read_timeout=read_timeout,
             )
         except OSError as exc:
             raise HttpListenError(
                 f"cannot listen on {listen} (CACHEGATE_HTTP_LISTEN): {exc.strerror or exc}"
             ) from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="cachegate-http",
-            daemon=True,
-        )
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            # One scrape built at a time: a scrape flood takes at most one thread's share
+            # of the GIL from the gRPC work (the other handler stays free for health).
+            with self._scraping:
+                body: Iterable[bytes] = self._metrics_app(environ, start_response)
             return body
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])

@@ -20,6 +20,7 @@ from cachegate.core import CircuitState, Config
 from cachegate.pool import RedisConnectionPool
 from cachegate.service._admin import AdminServicer
 from cachegate.service._auth import AuthInterceptor, TokenTable, TokenTableError
+from cachegate.service._board import BreakerCommands
 from cachegate.service._decode import add_service
 from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
@@ -129,11 +130,13 @@ def create_server(
     observer: RpcObserver | None = None,
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     tls_listener: ReloadListener | None = None,
+    breaker_commands: BreakerCommands | None = None,
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
     `reuse_port` is only for our own worker processes: otherwise a second server
     on the same port must fail instead of silently taking half the traffic.
+    `breaker_commands` carries admin RPCs to every worker (worker mode, _board.py).
     """
     limits = config.limits
     security = config.security
@@ -179,7 +182,8 @@ def create_server(
     ]
     if tokens is not None:  # admin RPCs exist only where callers are authenticated
         admin_service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
-        add_service(server, admin_service, _behaviors(AdminServicer(pool), admin_service))
+        admin = AdminServicer(pool, breaker_commands)
+        add_service(server, admin_service, _behaviors(admin, admin_service))
         services.append(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
     pool.add_state_listener(_log_transition)
     health = HealthReporter(pool)

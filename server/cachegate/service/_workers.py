@@ -17,8 +17,18 @@ so the kernel spreads incoming connections over them. The supervisor:
 - forwards SIGTERM/SIGINT to the workers, each of which stops gracefully
   (health NOT_SERVING, server.stop(grace), pool.close(), exit 0), and exits 0
   when every worker exited 0;
-- restarts a worker that dies unexpectedly, at most `RESTART_LIMIT` times per
-  `RESTART_WINDOW` seconds; beyond that it stops everything and exits 1.
+- restarts a worker that dies unexpectedly, with backoff (`_restarts.py`:
+  exponential with jitter, from 0.125..0.25 s up to 15..30 s, forgotten after a
+  minute up) while the others keep serving, and logs each death with its cause
+  (signal or exit code) and the worker's peak RSS (wait4's ru_maxrss). Deaths
+  never make it give up the port: it exits only for a start-up error, i.e. an
+  address taken (checked before forking) or a worker whose FIRST start failed
+  before it served with exit code 2 (an unusable tokens or certificate file:
+  the supervisor exits 2) or 1 (an address taken, a crash while building: exits
+  1). A restarted worker that fails to start is restarted again with backoff;
+- owns the board (`_board.py`, shared memory made before the first fork) through
+  which an admin RPC served by one worker reaches every worker, and on which each
+  worker says when it serves.
 
 A worker whose supervisor is gone (SIGKILL, OOM killer) notices within
 `PARENT_CHECK_INTERVAL` and stops gracefully, so no orphan keeps the port.
@@ -41,19 +51,17 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Protocol
 
 from cachegate.core import Config, ConfigError
+from cachegate.service._board import Board, WorkerBoard
+from cachegate.service._restarts import RestartPolicy
 
 __all__ = [
-    "RESTART_LIMIT",
-    "RESTART_WINDOW",
+    "STARTUP_EXIT_CODES",
     "ListenError",
-    "RestartBudget",
     "Supervisor",
     "WorkerPlan",
     "available_cpus",
@@ -65,10 +73,9 @@ __all__ = [
 
 log = logging.getLogger("cachegate.workers")
 
-RESTART_LIMIT = 5
-"""Unexpected worker deaths tolerated (each followed by a restart) per window."""
-RESTART_WINDOW = 60.0
-"""Seconds of that window."""
+STARTUP_EXIT_CODES = (1, 2)
+"""A worker's exit codes that, on its first start and before it served, stop the
+supervisor with the same code (2: an unusable file; 1: an address taken, a crash)."""
 STOP_SLACK = 10.0
 """Seconds past the grace period a worker gets to exit before it is SIGKILLed."""
 PARENT_CHECK_INTERVAL = 0.5
@@ -86,7 +93,13 @@ class WorkerBody(Protocol):
     """What a worker runs (`main.run`): serve until `stop` is set; return the exit code."""
 
     def __call__(
-        self, config: Config, *, worker_id: int, workers: int, stop: threading.Event
+        self,
+        config: Config,
+        *,
+        worker_id: int,
+        workers: int,
+        stop: threading.Event,
+        board: WorkerBoard | None = None,
     ) -> int: ...
 
 
@@ -242,34 +255,6 @@ def ensure_free(listen: str, what: str) -> None:
         raise ListenError(f"cannot listen on {listen} ({what}): {errors[0]}") from errors[0]
 
 
-# --- restarts ------------------------------------------------------------------------
-
-
-class RestartBudget:
-    """At most `limit` restarts in any `window` seconds."""
-
-    def __init__(
-        self,
-        limit: int = RESTART_LIMIT,
-        window: float = RESTART_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._times: deque[float] = deque()
-
-    def allow(self) -> bool:
-        """True (and the restart is counted) when one more restart fits the budget."""
-        now = self._clock()
-        while self._times and now - self._times[0] >= self._window:
-            self._times.popleft()
-        if len(self._times) >= self._limit:
-            return False
-        self._times.append(now)
-        return True
-
-
 # --- the supervisor ------------------------------------------------------------------
 
 
@@ -302,16 +287,21 @@ class Supervisor:
         plan: WorkerPlan,
         body: WorkerBody,
         *,
-        budget: RestartBudget | None = None,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self._config = config
         self._plan = plan
         self._body = body
-        self._budget = budget or RestartBudget()
+        self._policy = policy or RestartPolicy()
+        self._board: Board | None = None  # made in run(), before the first fork
         self._children: dict[int, int] = {}  # pid -> worker id
+        self._started_at: dict[int, float] = {}  # pid -> monotonic start
+        self._restarts: dict[int, float] = {}  # worker id -> when to start it again
+        self._first_start: set[int] = set()  # worker ids whose first start is running
         self._signal: int | None = None
         self._stopping = False
         self._failed = False
+        self._exit_code = 0
         self._pid = os.getpid()
 
     def run(self) -> int:
@@ -321,21 +311,36 @@ class Supervisor:
         except ListenError as exc:
             log.error("cannot start", extra={"reason": str(exc)})
             return 1
+        self._board = Board(self._plan.workers)
         for signum in _STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
         for worker_id in range(self._plan.workers):
             if not self._spawn(worker_id):
-                self._give_up()
+                self._start_failed(1)
                 break
+            self._first_start.add(worker_id)
         log.info(
             "supervising",
             extra={"workers": self._plan.workers, "pids": sorted(self._children)},
         )
         deadline: float | None = None
-        while self._children:
+        while self._children or (self._restarts and not self._stopping):
             self._reap()
             if self._signal is not None and not self._stopping:
                 self._begin_stop(self._signal)
+            if self._stopping:
+                self._restarts.clear()
+            else:
+                self._restart_due()
+                for worker_id, forced, generation in self._board.handle_requests():
+                    log.info(
+                        "breaker command for every worker",
+                        extra={
+                            "from_worker": worker_id,
+                            "forced": forced.name.lower(),
+                            "generation": generation,
+                        },
+                    )
             if self._stopping and deadline is None:
                 deadline = time.monotonic() + self._config.server.grace_seconds + STOP_SLACK
             if deadline is not None and time.monotonic() > deadline:
@@ -345,6 +350,8 @@ class Supervisor:
                 deadline = float("inf")  # SIGKILL once; the reaper collects them
             time.sleep(_POLL)
         log.info("all workers stopped", extra={"clean": not self._failed})
+        if self._exit_code:
+            return self._exit_code
         return 1 if self._failed else 0
 
     # --- parent side ---------------------------------------------------------------
@@ -377,7 +384,7 @@ class Supervisor:
     def _reap(self) -> None:
         while self._children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -385,31 +392,68 @@ class Supervisor:
             worker_id = self._children.pop(pid, None)
             if worker_id is None:
                 continue
+            started = self._started_at.pop(pid, time.monotonic())
+            served = self._board.exited(worker_id) if self._board is not None else True
+            first = worker_id in self._first_start
+            self._first_start.discard(worker_id)
             code = os.waitstatus_to_exitcode(status)
-            fields = {"worker_id": worker_id, "pid": pid, **_describe_exit(code)}
+            fields: dict[str, object] = {
+                "worker_id": worker_id,
+                "pid": pid,
+                **_describe_exit(code),
+                # ru_maxrss is in KiB on Linux: the worker's peak resident memory.
+                "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "uptime_seconds": round(time.monotonic() - started, 3),
+                "served": served,
+            }
             if self._stopping:
                 log.info("worker exited", extra=fields)
                 if code != 0:
                     self._failed = True
                 continue
-            log.error("worker died unexpectedly", extra=fields)
-            if not self._budget.allow():
-                log.error(
-                    "workers keep dying; stopping everything",
-                    extra={"restart_limit": RESTART_LIMIT, "window_seconds": RESTART_WINDOW},
-                )
-                self._give_up()
-            elif not self._spawn(worker_id):
-                self._give_up()
+            if first and not served and code in STARTUP_EXIT_CODES:
+                log.error("worker failed to start; stopping everything", extra=fields)
+                self._start_failed(code)
+                continue
+            self._schedule_restart(worker_id, fields)
 
-    def _give_up(self) -> None:
+    def _schedule_restart(
+        self, worker_id: int, fields: dict[str, object], why: str = "worker died unexpectedly"
+    ) -> None:
+        restart = self._policy.died(worker_id)
+        self._restarts[worker_id] = restart.due
+        log.error(
+            why,
+            extra={
+                **fields,
+                "deaths_in_a_row": restart.deaths_in_a_row,
+                "restart_in_seconds": round(restart.delay, 3),
+            },
+        )
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for worker_id, due in sorted(self._restarts.items()):
+            if due > now:
+                continue
+            del self._restarts[worker_id]
+            if not self._spawn(worker_id):  # the OS refused a process: try again later
+                self._schedule_restart(
+                    worker_id, {"worker_id": worker_id}, "cannot restart the worker yet"
+                )
+
+    def _start_failed(self, code: int) -> None:
+        """A start-up error: stop the others and exit with `code` (1 or 2)."""
         self._failed = True
+        self._exit_code = self._exit_code or code
         if not self._stopping:
             self._begin_stop(signal.SIGTERM)
 
     def _spawn(self, worker_id: int) -> bool:
         """Fork worker `worker_id`; False (logged) when the OS refuses a new process."""
         cpu = self._plan.cpus[worker_id % len(self._plan.cpus)]
+        if self._board is not None:
+            self._board.forking(worker_id)
         # Blocked across fork(): the child unblocks them once its own handlers are in.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
@@ -435,6 +479,10 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self._children[pid] = worker_id
+        self._started_at[pid] = time.monotonic()
+        self._policy.started(worker_id)
+        if self._board is not None:
+            self._board.started(worker_id, pid)
         log.info("worker started", extra={"worker_id": worker_id, "pid": pid, "cpu": cpu})
         return True
 
@@ -468,4 +516,7 @@ class Supervisor:
             except OSError as exc:
                 log.warning("cannot pin to a CPU", extra={"cpu": cpu, "reason": str(exc)})
         config = worker_config(self._config, self._plan, worker_id)
-        return self._body(config, worker_id=worker_id, workers=self._plan.workers, stop=stop)
+        board = self._board.worker(worker_id) if self._board is not None else None
+        return self._body(
+            config, worker_id=worker_id, workers=self._plan.workers, stop=stop, board=board
+        )

@@ -1,8 +1,10 @@
 """`cachegate-server`: the entry point. The only module that reads the environment.
 
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad setting
-(one line naming the variable), 1 when the server cannot start (port taken) or,
-in worker mode, when a worker failed or kept dying.
+(one line naming the variable, or an unusable tokens/certificate file), 1 when the
+server cannot start (port taken) or, in worker mode, when a worker failed its first
+start in another way or did not stop in time. Workers that die later are restarted
+(`_workers.py`): deaths never end the supervisor.
 
 One process serves when one worker is planned (CACHEGATE_WORKERS=1, one CPU, or the
 embedded memory backend); otherwise a supervisor forks the workers (`_workers.py`)
@@ -27,6 +29,7 @@ from cachegate.core import SETTINGS, Config, ConfigError, load_config
 from cachegate.service._server import ServerStartError, load_security
 
 if TYPE_CHECKING:
+    from cachegate.service._board import SharedBreakerCommands, WorkerBoard
     from cachegate.service._http import HttpSidePort
     from cachegate.service._metrics import ServerMetrics
     from cachegate.service._server import CacheServer
@@ -90,32 +93,42 @@ class Service:
     port: int
     metrics: ServerMetrics
     http: HttpSidePort | None
+    commands: SharedBreakerCommands | None = None  # worker mode: admin RPCs reach all
 
     def start(self) -> None:
+        if self.commands is not None:  # a breaker command in force applies before serving
+            self.commands.start()
         self.server.start()
         if self.http is not None:
             self.http.start()
 
     def stop(self, grace: float | None = None) -> None:
         """gRPC first (NOT_SERVING, grace, pool closed), then the side port."""
+        if self.commands is not None:
+            self.commands.stop()
         self.server.stop(grace)
         if self.http is not None:
             self.http.stop()
 
 
-def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Service:
+def build_service(
+    config: Config, *, worker_id: int = 0, workers: int = 1, board: WorkerBoard | None = None
+) -> Service:
     """Build (not start) the gRPC server with metrics and the side port.
 
-    Raises AddressInUseError or HttpListenError (both OSError) when an address is
-    taken; nothing is left open then.
+    `board`: the supervisor's shared board (worker mode), through which admin RPCs
+    reach every worker. Raises AddressInUseError or HttpListenError (both OSError)
+    when an address is taken; nothing is left open then.
     """
     from cachegate.pool import RedisConnectionPool
+    from cachegate.service._board import SharedBreakerCommands
     from cachegate.service._http import HttpSidePort
     from cachegate.service._metrics import ServerMetrics
     from cachegate.service._server import create_server
 
     pool = RedisConnectionPool(config)
     metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
+    commands = SharedBreakerCommands(board, pool.breaker) if board is not None else None
     try:
         server, port = create_server(
             config,
@@ -125,6 +138,7 @@ def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Se
             workers=workers,
             observer=metrics.observer,
             tls_listener=metrics.tls_reloaded,
+            breaker_commands=commands,
         )
     except BaseException:
         pool.close()
@@ -133,12 +147,16 @@ def build_service(config: Config, *, worker_id: int = 0, workers: int = 1) -> Se
     if config.server.http_listen is not None:
         try:
             http = HttpSidePort(
-                config.server.http_listen, registry=metrics.registry, health=pool.health_check
+                config.server.http_listen,
+                registry=metrics.registry,
+                health=pool.health_check,
+                max_connections=config.server.http_max_connections,
+                read_timeout=config.server.http_read_timeout,
             )
         except OSError:
             server.stop(grace=0)
             raise
-    return Service(server, port, metrics, http)
+    return Service(server, port, metrics, http, commands)
 
 
 def install_stop_handlers() -> threading.Event:
@@ -159,12 +177,18 @@ def run(
     worker_id: int = 0,
     workers: int = 1,
     stop: threading.Event | None = None,
+    board: WorkerBoard | None = None,
 ) -> int:
-    """Run one server process until `stop` is set (by default: SIGTERM/SIGINT)."""
+    """Run one server process until `stop` is set (by default: SIGTERM/SIGINT).
+
+    Returns the exit code: 0 after a clean stop, 1 when an address is taken, 2 for an
+    unusable tokens or certificate file. In worker mode the supervisor treats 1 and 2
+    from a worker's first start, before it served, as a start-up error (it stops).
+    """
     if stop is None:
         stop = install_stop_handlers()
     try:
-        service = build_service(config, worker_id=worker_id, workers=workers)
+        service = build_service(config, worker_id=worker_id, workers=workers, board=board)
     except OSError as exc:  # AddressInUseError, HttpListenError
         log.error("cannot start", extra={"reason": str(exc)})
         return 1
@@ -172,6 +196,8 @@ def run(
         log.error("cannot start", extra={"reason": str(exc)})
         return 2
     service.start()
+    if board is not None:
+        board.serving()
     log.info(
         "serving",
         extra={
@@ -230,6 +256,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return run(config)
     # Import (never build) what the workers run before forking: they share the
     # modules and start at once. Importing grpc creates no thread and no gRPC object.
+    import cachegate.service._board
     import cachegate.service._http
     import cachegate.service._metrics
     import cachegate.service._server  # noqa: F401
