@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -154,6 +155,7 @@ class Bystander:
         max_seconds: float = 30.0,
         max_requests: int = 200_000,
         pace: float = 0.002,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.load = Load(
             target,
@@ -163,6 +165,7 @@ class Bystander:
             pace=pace,
             max_seconds=max_seconds,
             max_requests=max_requests,
+            metadata=metadata,
         )
 
     def __enter__(self) -> Bystander:
