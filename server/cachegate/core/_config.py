@@ -131,6 +131,8 @@ class LimitSettings:
     # and how long a stream may go without a batch before it is closed (0: never).
     stream_share: float = 0.25
     stream_idle_seconds: float = 30.0
+    # HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_streams_per_connection: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +339,9 @@ SETTINGS: tuple[Setting, ...] = (
             "share of CACHEGATE_MAX_STREAMS one caller may hold in each process (a tenant "
             "with tokens, else a client IP address; at least 1 stream); 1 = no share",
             _share),
+    Setting("CACHEGATE_MAX_STREAMS_PER_CONNECTION", "limits", "max_streams_per_connection",
+            "100", "HTTP/2 streams (calls) one connection may have open at once; more are "
+            "refused (REFUSED_STREAM; gRPC clients wait for a free one)", _int(1)),
     Setting("CACHEGATE_STREAM_IDLE_SECONDS", "limits", "stream_idle_seconds", "30",
             "a Pipeline stream with no batch for this long is closed (RESOURCE_EXHAUSTED) "
             "and its slot freed; 0 = never", _float()),
