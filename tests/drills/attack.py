@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -30,8 +31,10 @@ __all__ = [
     "Bystander",
     "MemoryWatch",
     "attack_row",
+    "cpu_seconds",
     "gateway_pids",
     "rss_kb",
+    "thread_count",
     "workers_env",
 ]
 
@@ -51,6 +54,14 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def thread_count(pid: int) -> int:
+    """Threads of `pid` (0 when the process is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -59,6 +70,20 @@ def _children(pid: int) -> list[int]:
                 text = Path(f"/proc/{pid}/task/{task}/children").read_text()
                 found.extend(int(child) for child in text.split())
     return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of `pids` so far, in seconds (all their threads; a process
+    that is gone counts 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def gateway_pids(gateway: Gateway) -> list[int]:
@@ -154,6 +179,7 @@ class Bystander:
         max_seconds: float = 30.0,
         max_requests: int = 200_000,
         pace: float = 0.002,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.load = Load(
             target,
@@ -163,6 +189,7 @@ class Bystander:
             pace=pace,
             max_seconds=max_seconds,
             max_requests=max_requests,
+            metadata=metadata,
         )
 
     def __enter__(self) -> Bystander:

@@ -141,6 +141,7 @@ class Load:
         max_seconds: float = 20.0,
         pace: float = 0.003,
         write_ratio: float = 0.5,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not (threads >= 1 and inflight >= 1 and max_requests >= 1 and max_seconds > 0):
             raise ValueError("threads, inflight, max_requests and max_seconds must be positive")
@@ -153,6 +154,7 @@ class Load:
         self.max_seconds = max_seconds
         self.pace = pace
         self.write_ratio = write_ratio
+        self.metadata = tuple(metadata) or None  # e.g. a bearer token, on every call
         self._lock = threading.Lock()
         self._records: list[Request] = []
         self._acked: dict[str, bytes] = {}
@@ -279,7 +281,9 @@ class Load:
     ) -> None:
         start = time.monotonic()
         future = stub.SetEx.future(
-            pb.SetExRequest(key=key, value=value, ttl_seconds=TTL_SECONDS), timeout=self.deadline
+            pb.SetExRequest(key=key, value=value, ttl_seconds=TTL_SECONDS),
+            timeout=self.deadline,
+            metadata=self.metadata,
         )
 
         def done(call: grpc.Future[pb.SetExResponse]) -> None:
@@ -296,7 +300,9 @@ class Load:
 
     def _get(self, stub: cache_pb2_grpc.CacheServiceStub, worker: _Worker, key: str) -> None:
         start = time.monotonic()
-        future = stub.Get.future(pb.GetRequest(key=key), timeout=self.deadline)
+        future = stub.Get.future(
+            pb.GetRequest(key=key), timeout=self.deadline, metadata=self.metadata
+        )
 
         def done(call: grpc.Future[pb.GetResponse]) -> None:
             latency = time.monotonic() - start
@@ -331,6 +337,7 @@ def read_back(
     batch: int = 250,
     attempts: int = 5,
     timeout: float = 5.0,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """Keys of `expected` whose value the service does not return exactly (missing or
     different), read in Pipeline batches of gets. A batch that fails (an error outcome) is
@@ -348,7 +355,11 @@ def read_back(
             errors = ""
             for attempt in range(attempts):
                 try:
-                    [reply] = list(stub.Pipeline(iter([request]), timeout=timeout))
+                    [reply] = list(
+                        stub.Pipeline(
+                            iter([request]), timeout=timeout, metadata=tuple(metadata) or None
+                        )
+                    )
                 except grpc.RpcError as exc:
                     errors = f"{exc.code().name}: {exc.details()}"
                 else:

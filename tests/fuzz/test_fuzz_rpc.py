@@ -74,6 +74,7 @@ SERVER_ENV = {
     "CACHEGATE_MAX_VALUE_BYTES": str(MAX_VALUE_BYTES),
     "CACHEGATE_MAX_BATCH_OPS": str(MAX_BATCH_OPS),
     "CACHEGATE_MAX_STREAMS": str(MAX_STREAMS),
+    "CACHEGATE_STREAM_SHARE": "1",  # this one caller may take every slot
     "CACHEGATE_LOG_LEVEL": "WARNING",
 }
 BACKENDS = ("memory", "redis")

@@ -245,7 +245,14 @@ class OpenStreams:
 
 
 def test_too_many_streams_is_resource_exhausted(start_server: StartServer) -> None:
-    server = start_server({"CACHEGATE_MAX_STREAMS": "2", "CACHEGATE_MAX_CONCURRENT_RPCS": "8"})
+    # One caller takes every slot here: its share (CACHEGATE_STREAM_SHARE) is all of them.
+    server = start_server(
+        {
+            "CACHEGATE_MAX_STREAMS": "2",
+            "CACHEGATE_MAX_CONCURRENT_RPCS": "8",
+            "CACHEGATE_STREAM_SHARE": "1",
+        }
+    )
     streams = OpenStreams(server, 2)
     try:
         with pytest.raises(grpc.RpcError) as caught:

@@ -127,6 +127,12 @@ class LimitSettings:
     max_concurrent_rpcs: int = 1000
     max_streams: int = 100
     max_receive_message_bytes: int = 16 * 1024 * 1024
+    # Fair streams (service/_streams.py): the share of max_streams one caller may hold,
+    # and how long a stream may go without a batch before it is closed (0: never).
+    stream_share: float = 0.25
+    stream_idle_seconds: float = 30.0
+    # HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_streams_per_connection: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +284,16 @@ def _fraction(raw: str) -> float | None:
     return value
 
 
+def _share(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("must be a fraction in (0, 1]") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise ValueError("must be a fraction in (0, 1]")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One environment variable: where its value goes, its default and what it means."""
@@ -327,6 +343,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Pipeline streams open at once; more get RESOURCE_EXHAUSTED", _int(1)),
     Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
             "16777216", "largest request message accepted", _int(1024)),
+    Setting("CACHEGATE_STREAM_SHARE", "limits", "stream_share", "0.25",
+            "share of CACHEGATE_MAX_STREAMS one caller may hold in each process (a tenant "
+            "with tokens, else a client IP address; at least 1 stream); 1 = no share",
+            _share),
+    Setting("CACHEGATE_MAX_STREAMS_PER_CONNECTION", "limits", "max_streams_per_connection",
+            "100", "HTTP/2 streams (calls) one connection may have open at once; more are "
+            "refused (REFUSED_STREAM; gRPC clients wait for a free one)", _int(1)),
+    Setting("CACHEGATE_STREAM_IDLE_SECONDS", "limits", "stream_idle_seconds", "30",
+            "a Pipeline stream with no batch for this long is closed (RESOURCE_EXHAUSTED) "
+            "and its slot freed; 0 = never", _float()),
     Setting("CACHEGATE_TLS_CERT", "security", "tls_cert", "",
             "PEM certificate (chain) to serve gRPC over TLS; reloaded when the file changes",
             _optional_text),

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from cachegate.core import CircuitState, Config
+from cachegate.core import CircuitState, Config, LimitSettings
 from cachegate.pool import RedisConnectionPool
 from cachegate.service._admin import AdminServicer
 from cachegate.service._auth import AuthInterceptor, TokenTable, TokenTableError
@@ -108,6 +108,28 @@ def load_security(
     return tokens, made
 
 
+def http2_abuse_options(limits: LimitSettings) -> list[tuple[str, int]]:
+    """grpc core's own bounds against HTTP/2 stream floods and rapid reset (CVE-2023-44487).
+
+    - `grpc.max_concurrent_streams` is advertised as SETTINGS_MAX_CONCURRENT_STREAMS;
+      grpcio leaves it unset (no limit), so one connection could open a call per HEADERS
+      frame until the RPC limit: every server thread of the process held by one socket.
+      Past it, core answers RST_STREAM REFUSED_STREAM without creating a call.
+    - `grpc.http.overload_protection` (on by default; set so that it stays on) counts a
+      stream against that limit until its call is freed, not only while it is open: a
+      stream the client resets at once still counts until the server has finished with
+      it, so rapid reset cannot queue more than the limit of calls per connection.
+    - `grpc.http2.ping_on_rst_stream_percent` (default 1) and
+      `grpc.http2.max_requests_per_read` (default 32) stay at their defaults: the first
+      makes a resetting client answer PINGs, the second bounds the new streams taken
+      from one read before other connections get a turn.
+    """
+    return [
+        ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+        ("grpc.http.overload_protection", 1),
+    ]
+
+
 def _behaviors(servicer: object, service: ServiceDescriptor) -> dict[str, Callable[..., Any]]:
     """Each RPC of `service` bound to the servicer's method of the same name."""
     return {method.name: getattr(servicer, method.name) for method in service.methods}
@@ -153,6 +175,7 @@ def create_server(
         # close the connection of a client that keeps a quiet stream alive).
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        *http2_abuse_options(limits),
     ]
     # A few hot threads, and one more for each call that holds a thread for long
     # (a stream, a hung Redis), up to the RPC limit: see _threads.py.

@@ -29,6 +29,7 @@ from cachegate.service._status import (
     code_number,
     status_for,
 )
+from cachegate.service._streams import StreamGate, caller_of, status_closer
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 
@@ -93,8 +94,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._tokens = tokens
         self._tenants = TenantCounters()
         # Each open stream holds a server thread for its whole life: bound them so
-        # streams can never take every thread away from unary calls.
-        self._streams = threading.BoundedSemaphore(limits.max_streams)
+        # streams can never take every thread away from unary calls, give each caller
+        # a share only, and end idle streams (see _streams).
+        self._streams = StreamGate(
+            limits.max_streams, limits.stream_share, limits.stream_idle_seconds
+        )
         self._pool = pool
         self._limits = limits
         self._worker_id = worker_id
@@ -143,21 +147,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._observer.started("Pipeline")
         start = time.perf_counter()
         code = grpc.StatusCode.CANCELLED  # unless the stream ends one of the ways below
-        if not self._streams.acquire(blocking=False):
+        tenant = self._tenant(context)
+        caller = caller_of(context.peer(), tenant.tenant if tenant else None)
+        try:
+            stream = self._streams.admit(caller, status_closer(context))
+        except TooBusyError as exc:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
             self._observer.handled("Pipeline", code, time.perf_counter() - start)
-            abort(
-                context,
-                _rejection(
-                    TooBusyError(
-                        f"{self._limits.max_streams} Pipeline streams are open already "
-                        "(CACHEGATE_MAX_STREAMS); retry later or batch more per stream"
-                    ),
-                    "Pipeline",
-                ),
-            )
+            abort(context, _rejection(exc, "Pipeline"))
+            raise AssertionError("abort() returned") from exc  # pragma: no cover
+        request_iterator = stream.watch(request_iterator)  # the idle clock
         try:
-            tenant = self._tenant(context)
             prefix = tenant.prefix if tenant else ""
             namespace = prefix.encode()
             # grpc hands us one request at a time and HTTP/2 flow control holds the rest
@@ -180,7 +180,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 yield reply
             code = grpc.StatusCode.OK
         finally:
-            self._streams.release()
+            self._streams.release(stream)
+            if stream.idle_closed:  # the watchdog ended it (see _streams)
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
             self._observer.handled("Pipeline", code, time.perf_counter() - start)
 
     def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:
