@@ -68,8 +68,11 @@ def test_a_probe_half_opens_the_breaker_once_redis_is_back(
     assert len(probers()) == 1
     wait_until(lambda: probes(pool)[1] >= 2, timeout=5, what="two failed probes")
     assert state(pool) is CircuitState.OPEN  # failed probes change nothing
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(CircuitOpenError) as caught:
         pool.execute("get", "k")
+    # The hint is the next probe (0.8 s apart by now, a few seconds at most on a slow
+    # machine), not the end of the 60 s recovery timeout.
+    assert 0 <= caught.value.retry_after < 10
     redis_server.restart()
     wait_until(
         lambda: state(pool) is CircuitState.HALF_OPEN, timeout=5, what="a probe half-opening"
@@ -92,6 +95,9 @@ def test_a_probe_never_undoes_a_forced_open(
     assert pool.breaker.snapshot().forced
     assert probes(pool) == (0, 0)
     assert probers() == []
+    with pytest.raises(CircuitOpenError) as caught:
+        pool.execute("get", "k")
+    assert caught.value.retry_after == float(RECOVERY_TIMEOUT)  # no probe to hint at
     pool.breaker.reset()
     assert state(pool) is CircuitState.CLOSED
 

@@ -39,6 +39,7 @@ from redis.cluster import RedisCluster
 from cachegate.core import (
     CallCounters,
     CircuitBreaker,
+    CircuitOpenError,
     CircuitState,
     Config,
     Deadline,
@@ -380,6 +381,17 @@ class RedisConnectionPool:
             if ok and breaker.probe_succeeded():
                 log.info("Redis answered the breaker's probe: half-open")
 
+    def _sooner(self, exc: CircuitOpenError) -> CircuitOpenError:
+        """The breaker's rejection, with the retry hint cut to the next probe when that
+        comes before the end of the recovery timeout (the earliest a call can pass)."""
+        with self._probe_lock:
+            if self._prober is None or not self._breaker.waiting:  # forced: no probes
+                return exc
+            next_probe = self._probe_schedule.wait()
+        if next_probe >= exc.retry_after:
+            return exc
+        return CircuitOpenError(exc.name, exc.state, next_probe)
+
     def _probe(self) -> bool:
         """One PING past the breaker (never holding its lock), through the connection gate."""
         timeout = self._probe_timeout()
@@ -470,7 +482,10 @@ class RedisConnectionPool:
     def _admit(self, left: float | None) -> Permit:
         """Past the breaker, then a connection slot (waiting at most the pool timeout,
         and at most `left` seconds of the caller's budget)."""
-        permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+        try:
+            permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+        except CircuitOpenError as exc:
+            raise self._sooner(exc) from None
         wait = self._config.pool.wait_timeout
         if not self._slots.acquire(wait if left is None else min(wait, left)):
             self._breaker.record(permit, Outcome.IGNORED)
