@@ -94,19 +94,20 @@ def breaker_state(gateway: Gateway, worker: int) -> int:
     return int(worker_metrics(gateway, worker)[("cachegate_breaker_state", ())])
 
 
-def channel_per_worker(target: str, attempts: int = 40) -> dict[int, grpc.Channel]:
-    """One connection to each worker (the kernel spreads connections; Stats says whose)."""
+def channel_per_worker(target: str, timeout: float = 20.0) -> dict[int, grpc.Channel]:
+    """One connection to each worker (the kernel spreads connections; Stats says whose).
+    Bounded in time: a worker that is still starting has not bound the port yet."""
     found: dict[int, grpc.Channel] = {}
-    for _ in range(attempts):
+    end = time.monotonic() + timeout
+    while len(found) < WORKERS and time.monotonic() < end:
         channel = make_channel(target)
         stub = cache_pb2_grpc.CacheServiceStub(channel)
         worker = stub.Stats(pb.StatsRequest(), timeout=5).worker_id
         if worker in found:
             channel.close()
+            time.sleep(0.05)
         else:
             found[worker] = channel
-        if len(found) == WORKERS:
-            break
     return found
 
 
