@@ -175,3 +175,30 @@ def test_bad_sizes_are_refused() -> None:
         RpcThreadPool(0, 4)
     with pytest.raises(ValueError, match="core"):
         RpcThreadPool(5, 4)
+
+
+def test_running_before_counts_the_calls_a_graceful_stop_waits_for(
+    release: threading.Event,
+) -> None:
+    now = [100.0]
+    pool = RpcThreadPool(2, 4, clock=lambda: now[0])
+
+    def hold(started: threading.Event) -> None:
+        started.set()
+        release.wait(WAIT)
+
+    try:
+        first, second = threading.Event(), threading.Event()
+        pool.submit(hold, first)
+        assert first.wait(WAIT)
+        now[0] = 101.0
+        mark = pool.now()
+        pool.submit(hold, second)
+        assert second.wait(WAIT)
+        assert pool.running_before(mark) == 1  # the call that started before the mark
+        assert pool.running_before(mark + 1) == 2
+        release.set()
+        eventually(lambda: pool.running_before(mark + 1) == 0, "the calls ending")
+    finally:
+        release.set()
+        pool.shutdown()

@@ -31,6 +31,7 @@ from cachegate.core._config import (
     load_config,
 )
 from cachegate.core._deadline import Deadline
+from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "Outcome",
     "Permit",
     "PoolSettings",
+    "ProbePolicy",
+    "ProbeSchedule",
     "RedisSettings",
     "RetrySettings",
     "Secret",

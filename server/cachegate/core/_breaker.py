@@ -25,8 +25,16 @@ States and transitions follow pybreaker/resilience4j::
 
     CLOSED --(N consecutive failures or failure rate)--> OPEN
     OPEN --(recovery_timeout elapsed, on next acquire()/state read)--> HALF_OPEN
+    OPEN --(a background probe succeeded: probe_succeeded())--> HALF_OPEN
     HALF_OPEN --(success_threshold probe successes)--> CLOSED
     HALF_OPEN --(one probe failure)--> OPEN
+
+The background probe is resilience4j's "automatic transition from OPEN to
+HALF_OPEN", made conditional: the wait in OPEN ends early when someone outside
+the breaker (the pool's prober, on the schedule of `cachegate.core._probe`) saw
+the backend answer; the HALF_OPEN trial calls still decide whether to close, so
+a backend that answers a PING but fails real calls opens the breaker again. A
+forced-open breaker ignores probes.
 
 Operators can pin the breaker with `CircuitBreaker.force_open` /
 `CircuitBreaker.force_closed` and release it with `CircuitBreaker.reset`.
@@ -43,6 +51,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
+
+from cachegate.core._probe import ProbePolicy
 
 __all__ = [
     "BreakerConfig",
@@ -153,6 +163,10 @@ class BreakerConfig:
             many calls (``<= window_size``; otherwise it would never be).
         slow_call_duration: Optional: a successful call that took longer than
             this many seconds counts as a failure.
+        probe_delay: Seconds from opening to the first background probe (the
+            interval then doubles after each probe, up to ``recovery_timeout``);
+            ``0`` turns the probing off. The breaker only holds the setting:
+            whoever owns the I/O runs the probes (see `probe_policy`).
 
     Raises:
         ValueError: naming the offending field and value.
@@ -166,6 +180,7 @@ class BreakerConfig:
     window_size: int = 100
     minimum_calls: int = 20
     slow_call_duration: float | None = None
+    probe_delay: float = 1.0
 
     def __post_init__(self) -> None:
         _require_int("failure_threshold", self.failure_threshold, 1)
@@ -196,6 +211,16 @@ class BreakerConfig:
                 f"got {slow!r}"
             )
             raise ValueError(msg)
+        if not _is_real(self.probe_delay) or self.probe_delay < 0:
+            msg = (
+                f"BreakerConfig.probe_delay must be a finite number >= 0, got {self.probe_delay!r}"
+            )
+            raise ValueError(msg)
+
+    @property
+    def probe_policy(self) -> ProbePolicy:
+        """When to probe the backend while OPEN: from `probe_delay` up to the recovery timeout."""
+        return ProbePolicy(first_delay=self.probe_delay, max_delay=self.recovery_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +538,30 @@ class CircuitBreaker:
                 msg = f"{listener!r} is not a registered listener of {self._name!r}"
                 raise ValueError(msg) from None
             self._listeners = tuple(listeners)
+
+    @property
+    def waiting(self) -> bool:
+        """True while OPEN and not forced: a probe that succeeds would move it on."""
+        with self._lock:
+            return self._state is CircuitState.OPEN and not self._forced
+
+    def probe_succeeded(self) -> bool:
+        """
+        A background probe (outside the breaker: no permit, no user call) found the
+        backend answering. An OPEN breaker moves to HALF_OPEN now instead of at the
+        end of its recovery timeout; its trial calls then decide between CLOSED and
+        OPEN as usual. A forced-open breaker, or one not OPEN, is left as it is.
+
+        Returns:
+            Whether the breaker moved to HALF_OPEN.
+        """
+        with self._lock:
+            if self._state is not CircuitState.OPEN or self._forced:
+                return False
+            notify = self._enter_locked(CircuitState.HALF_OPEN, self._clock())
+        if notify:
+            self._dispatch()
+        return True
 
     def force_open(self) -> None:
         """

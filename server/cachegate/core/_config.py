@@ -416,6 +416,10 @@ SETTINGS: tuple[Setting, ...] = (
             "consecutive outage failures that open the breaker", _int(1)),
     Setting("REDIS_RECOVERY_TIMEOUT", "breaker", "recovery_timeout", "60",
             "seconds the breaker stays open before a probe", _float(positive=True)),
+    Setting("REDIS_PROBE_DELAY", "breaker", "probe_delay", "1",
+            "seconds from the breaker opening to its first background PING of Redis; the "
+            "interval doubles up to REDIS_RECOVERY_TIMEOUT; a PING that answers half-opens "
+            "the breaker; 0 = no probes", _float()),
     Setting("REDIS_HALF_OPEN_MAX_CALLS", "breaker", "half_open_max_calls", "1",
             "probe calls let through at once while half-open", _int(1)),
     Setting("REDIS_FAILURE_RATE_THRESHOLD", "breaker", "failure_rate_threshold", "",

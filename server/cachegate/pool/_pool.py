@@ -10,11 +10,24 @@ The call path of `execute()`:
                           is closed and the deadline leaves room for the backoff
 
 No lock is held across the Redis call.
+
+While the breaker is OPEN, a prober thread PINGs Redis in the background (no user
+call) on the core's `ProbeSchedule`: about a second after the opening, then at
+doubling intervals up to REDIS_RECOVERY_TIMEOUT. A PING that answers ends the
+breaker's wait (OPEN -> HALF_OPEN, `CircuitBreaker.probe_succeeded`), so a Redis
+that stalled for a few seconds costs seconds, not the whole recovery timeout; a
+Redis that stays down gets at most one PING per interval from each process. The
+thread starts when the breaker opens (its state listener), ends when the breaker is
+no longer waiting (half-open, closed, or forced open by an operator, which a probe
+never undoes) and on close(); there is no thread while the breaker is closed. A
+probe takes a connection slot like any call, so REDIS_MAX_CONNECTIONS holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -26,11 +39,13 @@ from redis.cluster import RedisCluster
 from cachegate.core import (
     CallCounters,
     CircuitBreaker,
+    CircuitOpenError,
     CircuitState,
     Config,
     Deadline,
     Outcome,
     Permit,
+    ProbeSchedule,
     StateListener,
 )
 from cachegate.pool._backends import Backend, make_backend
@@ -48,6 +63,8 @@ from cachegate.pool._slots import Slots
 __all__ = ["RedisConnectionPool"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("cachegate.pool")
 
 # A health check must answer quickly even when Redis hangs.
 HEALTH_TIMEOUT = 1.0
@@ -84,6 +101,13 @@ class RedisConnectionPool:
         self._wait_replicas = config.pool.wait_replicas
         self._wait_timeout_ms = max(1, int(config.pool.wait_replicas_timeout * 1000))
         self._next_reap = clock() + self._reap_every()
+        # The background prober of an open breaker (see the module's docstring).
+        self._probe_lock = threading.Lock()  # guards the schedule and the thread handle
+        self._probe_schedule = ProbeSchedule(config.breaker.probe_policy, clock)
+        self._prober: threading.Thread | None = None
+        self._probe_stop = threading.Event()
+        self._probes = {"success": 0, "failure": 0}
+        self._breaker.add_listener(self._on_breaker_change)
 
     def _reap_every(self) -> float:
         # Look for idle connections a few times per idle timeout, at most once a second.
@@ -273,6 +297,8 @@ class RedisConnectionPool:
             "failures": calls.failures_total,
             "retries": calls.retries_total,
             "rejected_calls": breaker.rejected_total,
+            "breaker_probes_succeeded": self._probes["success"],
+            "breaker_probes_failed": self._probes["failure"],
             "pool_wait_timeouts": calls.wait_timeouts_total,
             "hits": calls.hits_total,
             "misses": calls.misses_total,
@@ -283,6 +309,12 @@ class RedisConnectionPool:
         """Close every connection. Idempotent; later calls raise RedisUnavailableError."""
         if not self._closed:
             self._closed = True
+            self._probe_stop.set()
+            with self._probe_lock:
+                prober = self._prober
+            if prober is not None and prober is not threading.current_thread():
+                # A probe in flight ends within its own timeout.
+                prober.join(self._probe_timeout() + 1.0)
             self._backend.close()
 
     # --- for the service and the metrics ---------------------------------------------
@@ -301,6 +333,78 @@ class RedisConnectionPool:
 
     def add_state_listener(self, listener: StateListener) -> None:
         self._breaker.add_listener(listener)
+
+    # --- the prober of an open breaker ----------------------------------------------
+
+    def _probe_timeout(self) -> float:
+        return min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
+
+    def _on_breaker_change(self, old: CircuitState, new: CircuitState) -> None:
+        """The breaker's listener: start the prober when it opens; reset the schedule
+        when it closes (Redis proved healthy, so the next outage starts at the first delay)."""
+        with self._probe_lock:
+            if new is CircuitState.CLOSED:
+                self._probe_schedule.closed()
+                return
+            if new is not CircuitState.OPEN:
+                return
+            self._probe_schedule.opened()
+            if self._prober is not None or self._closed or not self._probe_schedule.policy.enabled:
+                return
+            self._prober = threading.Thread(
+                target=self._probe_loop, name="cachegate-breaker-probe", daemon=True
+            )
+            self._prober.start()
+
+    def _probe_loop(self) -> None:
+        breaker = self._breaker
+        while True:
+            with self._probe_lock:
+                # Decided under the lock the listener takes after a transition: either
+                # this thread sees the new OPEN and goes on, or the listener sees no
+                # thread and starts one.
+                if self._closed or not breaker.waiting:
+                    self._prober = None
+                    return
+                # Capped: a wait read between a reopening and its listener is inf.
+                wait = min(self._probe_schedule.wait(), self._probe_schedule.policy.max_delay)
+            if wait > 0:
+                if self._probe_stop.wait(wait):
+                    with self._probe_lock:
+                        self._prober = None
+                    return
+                continue  # look at the breaker (and the schedule) again
+            ok = self._probe()
+            with self._probe_lock:
+                self._probe_schedule.probed()
+                self._probes["success" if ok else "failure"] += 1
+            if ok and breaker.probe_succeeded():
+                log.info("Redis answered the breaker's probe: half-open")
+
+    def _sooner(self, exc: CircuitOpenError) -> CircuitOpenError:
+        """The breaker's rejection, with the retry hint cut to the next probe when that
+        comes before the end of the recovery timeout (the earliest a call can pass)."""
+        with self._probe_lock:
+            if self._prober is None or not self._breaker.waiting:  # forced: no probes
+                return exc
+            next_probe = self._probe_schedule.wait()
+        if next_probe >= exc.retry_after:
+            return exc
+        return CircuitOpenError(exc.name, exc.state, next_probe)
+
+    def _probe(self) -> bool:
+        """One PING past the breaker (never holding its lock), through the connection gate."""
+        timeout = self._probe_timeout()
+        if not self._slots.acquire(timeout):
+            return False  # every connection busy: no verdict, and no extra connection
+        try:
+            self._backend.run(("PING",), timeout)
+        except Exception as exc:  # any failure: Redis did not prove it answers
+            log.debug("breaker probe failed", extra={"reason": f"{type(exc).__name__}: {exc}"})
+            return False
+        finally:
+            self._slots.release()
+        return True
 
     # --- internals -----------------------------------------------------------------
 
@@ -378,7 +482,10 @@ class RedisConnectionPool:
     def _admit(self, left: float | None) -> Permit:
         """Past the breaker, then a connection slot (waiting at most the pool timeout,
         and at most `left` seconds of the caller's budget)."""
-        permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+        try:
+            permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+        except CircuitOpenError as exc:
+            raise self._sooner(exc) from None
         wait = self._config.pool.wait_timeout
         if not self._slots.acquire(wait if left is None else min(wait, left)):
             self._breaker.record(permit, Outcome.IGNORED)

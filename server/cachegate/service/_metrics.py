@@ -279,6 +279,15 @@ class PoolCollector:
             "Calls the open breaker rejected without touching Redis.",
             stats["rejected_calls"],
         )
+        probes = CounterMetricFamily(
+            "cachegate_breaker_probes",
+            "Background PINGs of Redis while the breaker was open, by result (success "
+            "half-opens the breaker).",
+            labels=["result", "worker"],
+        )
+        probes.add_metric(["success", w], stats["breaker_probes_succeeded"])
+        probes.add_metric(["failure", w], stats["breaker_probes_failed"])
+        yield probes
         yield counter(
             "cachegate_redis_calls",
             "Attempts sent to Redis (each retry counts), batches as one.",

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from cachegate.service._decode import add_service
 from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
+from cachegate.service._status import INTERNAL, ShuttingDownError, abort, status_for
 from cachegate.service._threads import RpcThreadPool
 from cachegate.service._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.v1 import admin_pb2, cache_pb2
@@ -42,6 +44,17 @@ log = logging.getLogger("cachegate.server")
 
 # Seconds past the grace period that a stop may take before we give up waiting.
 STOP_MARGIN = 5.0
+# How often a graceful stop looks whether the calls it waits for have ended.
+DRAIN_POLL = 0.01
+# After the last call has ended, grpc still writes its reply on its own threads: a
+# process that exits at once could cut that write (the caller would see UNAVAILABLE
+# for a call that succeeded). This is the time given to that write.
+REPLY_SETTLE = 0.2
+
+# gRPC servers a stop with `exiting` left to the process's exit. Collecting a gRPC
+# server that was never stopped blocks (its C core waits for a shutdown that never
+# comes), so they are kept here until the process ends.
+_LEFT_TO_EXIT: list[grpc.Server] = []
 
 
 class ServerStartError(Exception):
@@ -54,7 +67,17 @@ class AddressInUseError(ServerStartError, OSError):
 
 @dataclass(slots=True)
 class CacheServer:
-    """A built server: the gRPC server, its pool and its health reporter."""
+    """A built server: the gRPC server, its pool and its health reporter.
+
+    A graceful stop (SIGTERM) never calls grpc's own graceful stop while callers may
+    still send: grpc ends every call that has arrived but not yet reached a thread
+    with CANCELLED (grpc/grpc#41785), a code clients do not retry. Instead it drains:
+    health goes NOT_SERVING, the servicer refuses every new call with UNAVAILABLE
+    ("shutting down", retryable), a Pipeline stream is ended with UNAVAILABLE at its
+    next batch, and the calls that were running finish, up to the grace period. A
+    process that exits next (`exiting=True`) then just ends: the kernel closes every
+    connection, and a caller whose call the server never answered sees UNAVAILABLE.
+    """
 
     grpc_server: grpc.Server
     port: int
@@ -62,23 +85,50 @@ class CacheServer:
     health: HealthReporter
     config: Config
     threads: RpcThreadPool
+    servicer: CacheServicer
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         self.grpc_server.start()
         self.health.start()
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish, close."""
+    def drain(self, grace: float) -> int:
+        """NOT_SERVING, refuse new calls (UNAVAILABLE), and wait up to `grace` seconds for
+        the calls running now to end. Returns how many are still running then."""
+        self.health.shutdown()
+        self.servicer.drain()
+        since = self.threads.now()
+        end = time.monotonic() + grace
+        while (running := self.threads.running_before(since)) and time.monotonic() < end:
+            time.sleep(DRAIN_POLL)
+        return running
+
+    def stop(self, grace: float | None = None, *, exiting: bool = False) -> None:
+        """Graceful stop: drain (see the class), then close.
+
+        With `exiting` (the process ends right after) the gRPC server is left to the
+        process's exit; otherwise (tests, embedding) grpc's stop releases the port and
+        cuts what is still open (a stream that sent nothing during the grace).
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.shutdown()
         grace = self.config.server.grace_seconds if grace is None else grace
-        # Bounded: a call grpc never finishes must not keep SIGTERM from ending us.
-        if not self.grpc_server.stop(grace).wait(grace + STOP_MARGIN):
-            log.warning("calls were still open after the grace period; stopping anyway")
-        self.threads.shutdown(wait=False)
+        running = self.drain(grace)
+        if running:
+            log.warning(
+                "calls were still open after the grace period; stopping anyway",
+                extra={"calls": running},
+            )
+        if exiting:
+            # The threads stay: a call arriving until the exit is still refused cleanly.
+            _LEFT_TO_EXIT.append(self.grpc_server)
+            time.sleep(min(REPLY_SETTLE, grace))
+        else:
+            # Bounded: a call grpc never finishes must not keep a stop from ending.
+            if not self.grpc_server.stop(0).wait(STOP_MARGIN):
+                log.warning("the gRPC server did not stop in time")
+            self.threads.shutdown(wait=False)
         self.pool.close()
 
     def wait(self) -> None:
@@ -133,6 +183,25 @@ def http2_abuse_options(limits: LimitSettings) -> list[tuple[str, int]]:
 def _behaviors(servicer: object, service: ServiceDescriptor) -> dict[str, Callable[..., Any]]:
     """Each RPC of `service` bound to the servicer's method of the same name."""
     return {method.name: getattr(servicer, method.name) for method in service.methods}
+
+
+def _until_draining(
+    pipeline: Callable[[Iterable[bytes], grpc.ServicerContext], Iterator[Any]],
+    servicer: CacheServicer,
+) -> Callable[[Iterable[bytes], grpc.ServicerContext], Iterator[Any]]:
+    """The Pipeline behaviour, ended with UNAVAILABLE at the first batch that arrives
+    after the server began to stop (the batch before it got its reply)."""
+
+    def batches(requests: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for data in requests:
+            if servicer.draining:
+                abort(context, status_for(ShuttingDownError()) or INTERNAL)
+            yield data
+
+    def behavior(requests: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        return pipeline(batches(requests, context), context)
+
+    return behavior
 
 
 def _log_transition(old: CircuitState, new: CircuitState) -> None:
@@ -192,10 +261,12 @@ def create_server(
         pool, limits, worker_id=worker_id, workers=workers, observer=observer, tokens=tokens
     )
     cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
+    behaviors = _behaviors(servicer, cache_service)
+    behaviors["Pipeline"] = _until_draining(behaviors["Pipeline"], servicer)
     add_service(  # the servicer answers undecodable requests itself (metrics see them)
         server,
         cache_service,
-        _behaviors(servicer, cache_service),
+        behaviors,
         guarded=False,
         raw=frozenset({"Pipeline"}),
     )
@@ -237,4 +308,4 @@ def create_server(
             "auth": f"{len(tokens)} tokens" if tokens else "off",
         },
     )
-    return CacheServer(server, port, pool, health, config, threads), port
+    return CacheServer(server, port, pool, health, config, threads, servicer), port

@@ -24,6 +24,7 @@ from cachegate.service._status import (
     INTERNAL,
     InvalidArgumentError,
     Rejection,
+    ShuttingDownError,
     TooBusyError,
     abort,
     code_number,
@@ -64,6 +65,8 @@ def _unary(
         observer.started(name)
         start = time.perf_counter()
         try:
+            if self._draining:  # a plain attribute: the one check a call pays for it
+                raise ShuttingDownError
             if isinstance(request, Undecodable):
                 raise InvalidArgumentError("request", undecodable_message(request))
             response = method(self, request, context)
@@ -103,6 +106,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._limits = limits
         self._worker_id = worker_id
         self._workers = workers
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """From now on every new call is refused with UNAVAILABLE (the server is stopping);
+        calls already running finish. Streams are cut between batches by the server
+        (see _server.py)."""
+        self._draining = True
 
     @_unary
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:

@@ -4,6 +4,7 @@
 |--------------------------------------------|---------------------|----------------------|
 | bad key, value, TTL or batch size          | INVALID_ARGUMENT    | google.rpc.BadRequest|
 | breaker open (Redis not touched)           | UNAVAILABLE         | google.rpc.RetryInfo |
+| server shutting down (SIGTERM)             | UNAVAILABLE         |                      |
 | Redis refused / reset / down               | UNAVAILABLE         |                      |
 | Redis too slow, or the caller's deadline   | DEADLINE_EXCEEDED   |                      |
 | no pool connection within the wait timeout | RESOURCE_EXHAUSTED  |                      |
@@ -39,6 +40,7 @@ __all__ = [
     "INTERNAL",
     "InvalidArgumentError",
     "Rejection",
+    "ShuttingDownError",
     "TooBusyError",
     "abort",
     "code_number",
@@ -62,6 +64,16 @@ class InvalidArgumentError(ValueError):
 
 class TooBusyError(Exception):
     """The server's own limit (streams in flight) is reached."""
+
+
+class ShuttingDownError(Exception):
+    """The server is stopping (SIGTERM): a call that arrives now is refused, retryably."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "cachegate is shutting down; retry (calls already running finish within "
+            "CACHEGATE_GRACE_SECONDS)"
+        )
 
 
 class _Status(
@@ -110,6 +122,8 @@ def status_for(exc: BaseException) -> Rejection | None:
             str(exc),
             (error_details_pb2.BadRequest(field_violations=[violation]),),
         )
+    if isinstance(exc, ShuttingDownError):
+        return Rejection(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, CircuitOpenError):
         # gRPC clients with a retry policy honour this trailer: wait out a short
         # open period, but do not retry at all into a long one (-1).

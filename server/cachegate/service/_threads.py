@@ -132,6 +132,15 @@ class RpcThreadPool(futures.Executor):
         with self._lock:
             return self._threads
 
+    def now(self) -> float:
+        """The pool's clock (the times `running_before` compares)."""
+        return self._clock()
+
+    def running_before(self, when: float) -> int:
+        """Calls running now that started before `when` (a time of `now()`); a graceful
+        stop waits for these (calls queued or started later are not counted)."""
+        return sum(1 for since in list(self._busy_since.values()) if since < when)
+
     @property
     def started_total(self) -> int:
         """Worker threads started since the pool was made."""

@@ -102,11 +102,12 @@ class Service:
         if self.http is not None:
             self.http.start()
 
-    def stop(self, grace: float | None = None) -> None:
-        """gRPC first (NOT_SERVING, grace, pool closed), then the side port."""
+    def stop(self, grace: float | None = None, *, exiting: bool = False) -> None:
+        """gRPC first (NOT_SERVING, drain within the grace, pool closed), then the side
+        port. `exiting`: the process ends right after (see CacheServer)."""
         if self.commands is not None:
             self.commands.stop()
-        self.server.stop(grace)
+        self.server.stop(grace, exiting=exiting)
         if self.http is not None:
             self.http.stop()
 
@@ -211,7 +212,9 @@ def run(
     )
     stop.wait()
     log.info("shutting down", extra={"grace_seconds": config.server.grace_seconds})
-    service.stop()
+    # The process ends right after us (a worker calls os._exit, the single process
+    # exits through main()): grpc's own stop is left out, see CacheServer.
+    service.stop(exiting=True)
     log.info("stopped")
     return 0
 
@@ -253,7 +256,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 log.info("pinned to one CPU", extra={"cpu": cpus[0]})
             except OSError as exc:
                 log.warning("cannot pin to a CPU", extra={"reason": str(exc)})
-        return run(config)
+        code = run(config)
+        # Straight out, like a worker: the interpreter's teardown would collect the
+        # gRPC server, whose collection starts grpc's own stop, and that ends calls
+        # that arrive meanwhile with CANCELLED (see CacheServer).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     # Import (never build) what the workers run before forking: they share the
     # modules and start at once. Importing grpc creates no thread and no gRPC object.
     import cachegate.service._board
