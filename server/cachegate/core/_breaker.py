@@ -615,7 +615,10 @@ class CircuitBreaker:
         if (
             self._state is CircuitState.OPEN
             and not self._forced
-            and now - self._opened_at >= self._config.recovery_timeout
+            # The same sum as _retry_after_locked: with floats, `now - opened >= t`
+            # and `opened + t - now <= 0` can disagree, and then an OPEN breaker
+            # would report no wait left while refusing to half-open.
+            and now >= self._opened_at + self._config.recovery_timeout
         ):
             return self._enter_locked(CircuitState.HALF_OPEN, now)
         return False
