@@ -7,7 +7,12 @@
   REDIS_MAX_CONNECTIONS=10, the default REDIS_POOL_TIMEOUT), and
 - redis-py's `BlockingConnectionPool(max_connections=10, timeout=1)`,
 
-alternating the two for `--rounds` rounds so both see the same machine.
+alternating the two for `--rounds` rounds so both see the same machine, first with
+the process's threads free to run on every CPU (a web application's threads), then
+with them pinned to one CPU (the layout cachegate-server runs in: one process per CPU).
+The layouts differ on a multi-CPU host: a freed connection handed to the longest
+waiter moves the GIL to that waiter's thread, and a GIL hand-over to a thread asleep
+on another CPU costs a cross-CPU wake-up (docs/performance.md: ~2x per call).
 Run alone: `python scripts/bench_pool.py` (starts its own redis-server); `make bench`
 runs it as its `pool` part (`scripts/bench.py --only pool`).
 This is a benchmark, not a test: it fails only when a value read is wrong.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -80,17 +86,42 @@ def redis_py_run(url: str, threads: int, connections: int, seconds: float) -> Po
         blocking.disconnect()
 
 
+@contextlib.contextmanager
+def _one_cpu(pin: bool) -> Iterator[str]:
+    """Threads started inside run on one CPU when `pin` (they inherit the caller's mask)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if not pin or len(cpus) < 2:
+        yield "" if not pin else " (one CPU only)"
+        return
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield ", pinned"
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def pool_fairness(
-    url: str, *, threads: int = 32, connections: int = 10, seconds: float = 2.0, rounds: int = 1
+    url: str,
+    *,
+    threads: int = 32,
+    connections: int = 10,
+    seconds: float = 2.0,
+    rounds: int = 1,
+    layouts: tuple[bool, ...] = (False, True),
 ) -> list[PoolLoad]:
-    """Both pools, alternating, `rounds` times each; prints a row per run as it ends."""
+    """Both pools, alternating, `rounds` times each per layout (unpinned, pinned to
+    one CPU); prints a row per run as it ends."""
     print(f"\npool fairness: {threads} threads, {connections} connections, {seconds:g} s per run")
     print(PoolLoad.header(), flush=True)
     loads: list[PoolLoad] = []
-    for _ in range(rounds):
-        for run in (cachegate_run, redis_py_run):
-            loads.append(run(url, threads, connections, seconds))
-            print(loads[-1].row(), flush=True)
+    for pin in layouts:
+        for _ in range(rounds):
+            for run in (cachegate_run, redis_py_run):
+                with _one_cpu(pin) as layout:
+                    load = run(url, threads, connections, seconds)
+                load = dataclasses.replace(load, name=load.name + layout)
+                loads.append(load)
+                print(load.row(), flush=True)
     return loads
 
 
@@ -100,6 +131,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=2.0, help="per run")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each pool, alternating")
+    parser.add_argument(
+        "--layout", choices=("unpinned", "pinned"), action="append", help="some layouts only"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cachegate-bench-pool-") as scratch:
         server = start_standalone(Path(scratch) / "redis")
@@ -111,6 +145,9 @@ def main() -> int:
                 connections=args.connections,
                 seconds=args.seconds,
                 rounds=args.rounds,
+                layouts=tuple(
+                    layout == "pinned" for layout in (args.layout or ("unpinned", "pinned"))
+                ),
             )
         finally:
             server.stop()
