@@ -2,6 +2,8 @@
 
 Real threads; every expectation is an order of events or a count, never a duration
 (the only timed waits are a waiter's own short timeout, which only has to pass).
+`Slots(n, overtake_share=0.0)` hands every freed slot over as soon as someone waits;
+the grace before that (OVERTAKE_SHARE of a waiter's timeout) is driven by a fake clock.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cachegate.pool._slots import Slots
+from cachegate.pool._slots import OVERTAKE_SHARE, Slots
 
 WAIT = 5.0  # seconds any single expectation may take before the test fails
+
+
+def handing_over(size: int) -> Slots:
+    """A gate that reserves every freed slot for the longest waiter at once (no grace)."""
+    return Slots(size, overtake_share=0.0)
 
 
 def eventually(condition: Callable[[], bool], what: str) -> None:
@@ -72,7 +79,7 @@ def test_uncontended_slots_are_taken_and_given_back() -> None:
 
 
 def test_a_released_slot_is_reserved_for_the_waiter_not_taken_back() -> None:
-    slots = Slots(1)
+    slots = handing_over(1)
     got: list[str] = []
     assert slots.acquire(0)
     waiter = Waiter(slots, "waiter", got).queue()
@@ -85,8 +92,48 @@ def test_a_released_slot_is_reserved_for_the_waiter_not_taken_back() -> None:
     assert (slots.held, slots.pending) == (0, 0)
 
 
-def test_waiters_get_slots_in_the_order_they_came() -> None:
-    slots = Slots(1)
+def test_within_its_grace_a_waiter_may_be_overtaken_and_after_it_not() -> None:
+    now = [0.0]
+    slots = Slots(1, overtake_share=0.5, clock=lambda: now[0])
+    got: list[str] = []
+    assert slots.acquire(0)
+    waiter = Waiter(slots, "waiter", got).queue()  # its grace: half its 5 s, on the fake clock
+    slots.release()  # within the grace: back to the tokens, and the waiter is woken for it
+    overtaken = slots.acquire(0)  # the releasing thread may come first
+    if overtaken:
+        assert slots.pending == 1  # still queued, first in line
+        now[0] = WAIT * 0.5  # its grace is over
+        slots.release()
+        assert not slots.acquire(0)  # reserved for it now
+    assert waiter.finish() is True
+    assert got == ["waiter"]
+    assert (slots.held, slots.pending) == (0, 0)
+    print(f"overtaken within the grace: {overtaken}")
+
+
+def test_once_its_grace_is_over_every_freed_slot_is_reserved_for_the_waiter() -> None:
+    now = [0.0]
+    slots = Slots(2, overtake_share=0.5, clock=lambda: now[0])
+    got: list[str] = []
+    assert slots.acquire(0)
+    assert slots.acquire(0)
+    first = Waiter(slots, "first", got).queue()
+    now[0] = 1.0
+    second = Waiter(slots, "second", got).queue()  # grace until 3.5
+    now[0] = 2.5  # first's grace is over, second's is not
+    slots.release()
+    assert not slots.acquire(0)  # handed to `first`
+    eventually(lambda: got == ["first"], "first to get the slot")
+    slots.release()  # second is within its grace: back to the tokens, and it is woken for it
+    assert second.finish() is True
+    assert first.finish() is True
+    assert got == ["first", "second"]
+    assert (slots.held, slots.pending) == (0, 0)
+
+
+@pytest.mark.parametrize("share", [0.0, OVERTAKE_SHARE])
+def test_waiters_get_slots_in_the_order_they_came(share: float) -> None:
+    slots = Slots(1, overtake_share=share)
     got: list[str] = []
     assert slots.acquire(0)
     waiters = [Waiter(slots, f"w{n}", got).queue() for n in range(6)]
@@ -196,7 +243,7 @@ def test_an_interrupted_waiter_leaves_the_queue(
 def test_a_slot_handed_to_a_waiter_as_it_is_interrupted_goes_to_the_next(
     interrupt_main: list[Callable[[], None]],
 ) -> None:
-    slots = Slots(1)
+    slots = handing_over(1)
     got: list[str] = []
     assert slots.acquire(0)
     # The main thread queues first; `next` queues behind it.
@@ -220,9 +267,10 @@ def test_a_slot_handed_to_a_waiter_as_it_is_interrupted_goes_to_the_next(
     assert (slots.held, slots.pending) == (0, 0)
 
 
-def test_many_callers_with_timeouts_never_exceed_the_size_nor_lose_a_slot() -> None:
+@pytest.mark.parametrize("share", [0.0, OVERTAKE_SHARE])
+def test_many_callers_with_timeouts_never_exceed_the_size_nor_lose_a_slot(share: float) -> None:
     size, callers, rounds = 3, 12, 300
-    slots = Slots(size)
+    slots = Slots(size, overtake_share=share)
     lock = threading.Lock()
     holding = [0]
     peak = [0]
