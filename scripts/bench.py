@@ -6,6 +6,9 @@ batch, ops_per_s, p50_ms, p99_ms, server_cpu_us_per_op). Server CPU comes from
 2-core machine it is the figure that holds, where throughput moves with whatever
 else runs.
 
+The `pool` part (scripts/bench_pool.py) is the in-process pool of the guide's API under
+32 threads on 10 connections, beside redis-py's BlockingConnectionPool.
+
 Everything listens on 127.0.0.1; every load is bounded by count and time.
 This is a benchmark, not a test: it prints figures and checks results are
 correct, and fails only when a result is wrong or a tool is missing.
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # redisprocs: real redis-server process
 import grpc  # noqa: E402
 import redis  # noqa: E402
 
+from bench_pool import pool_fairness  # noqa: E402
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
 from redisprocs import RedisProcess, free_port, start_standalone  # noqa: E402
 
@@ -533,6 +537,22 @@ def pipeline(
     )  # fmt: skip
 
 
+# --- pool fairness (scripts/bench_pool.py): the in-process pool, many threads --------
+
+
+def pool_records(url: str, seconds: float) -> list[Record]:
+    """32 threads on 10 connections: cachegate's pool beside redis-py's blocking pool."""
+    records = []
+    for load in pool_fairness(url, seconds=min(seconds, 2.0)):
+        note = f"10 conns; p99.9 {load.ms(0.999):.2f} ms, max {load.max_ms:.2f} ms"
+        record = Record(
+            load.name, load.threads, 1, load.ops_per_s, load.ms(0.5), load.ms(0.99), None,
+            f"{note}, errors {load.error_count}",
+        )  # fmt: skip
+        records.append(record)
+    return records
+
+
 # --- the run --------------------------------------------------------------------------
 
 
@@ -560,7 +580,10 @@ def main() -> int:
         "--repeat", type=int, default=3, help="h2load runs per unary record (the median is kept)"
     )
     parser.add_argument(
-        "--only", choices=("redis", "unary", "pipeline"), action="append", help="some parts only"
+        "--only",
+        choices=("redis", "unary", "pipeline", "pool"),
+        action="append",
+        help="some parts only",
     )
     parser.add_argument(
         "--pipeline-workers",
@@ -575,7 +598,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.requests, args.repeat = 1.0, 2000, 1
-    for tool in ("h2load", "redis-benchmark", "redis-server"):
+    parts = set(args.only or ("redis", "unary", "pipeline", "pool"))
+    tools = {"redis-server"} | ({"h2load"} if "unary" in parts else set())
+    tools |= {"redis-benchmark"} if "redis" in parts else set()
+    for tool in sorted(tools):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 1
@@ -586,7 +612,6 @@ def main() -> int:
         try:
             seed = redis_proc.client()
             seed.mset({f"k{i}": VALUE for i in range(KEYS)})
-            parts = set(args.only or ("redis", "unary", "pipeline"))
             if "redis" in parts:
                 for test in ("GET", "SET"):
                     for depth in (1, 16):
@@ -616,6 +641,8 @@ def main() -> int:
                         )
                 finally:
                     server.stop()
+            if "pool" in parts:
+                records += pool_records(redis_proc.url, args.seconds)
         finally:
             redis_proc.stop()
     print()

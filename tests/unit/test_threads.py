@@ -202,3 +202,32 @@ def test_running_before_counts_the_calls_a_graceful_stop_waits_for(
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_calls_waiting_for_a_thread_run_in_the_order_they_came(
+    release: threading.Event,
+) -> None:
+    # Issue 17: a queue where a late caller can overtake an early one starves some.
+    # Calls wait here as work on one FIFO, and a thread that frees up takes the
+    # oldest: a caller never races the thread that just finished for its turn.
+    pool = RpcThreadPool(1, 1)  # one thread: every call below waits for it
+    order: list[int] = []
+    later: list[futures.Future[None]] = []
+
+    def first_then_again() -> None:
+        order.append(0)
+        # The busy thread calls again: its new call queues behind those already waiting.
+        later.append(pool.submit(order.append, 99))
+
+    try:
+        blocker = pool.submit(release.wait, WAIT)
+        eventually(lambda: blocker.running(), "the thread to be busy")
+        calls = [pool.submit(first_then_again)]
+        calls += [pool.submit(order.append, n) for n in range(1, 20)]
+        release.set()
+        futures.wait(calls, timeout=WAIT)
+        eventually(lambda: bool(later) and later[0].done(), "the late call to run")
+        assert order == [*range(20), 99]
+    finally:
+        release.set()
+        pool.shutdown()

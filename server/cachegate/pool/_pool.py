@@ -487,7 +487,12 @@ class RedisConnectionPool:
         except CircuitOpenError as exc:
             raise self._sooner(exc) from None
         wait = self._config.pool.wait_timeout
-        if not self._slots.acquire(wait if left is None else min(wait, left)):
+        try:
+            acquired = self._slots.acquire(wait if left is None else min(wait, left))
+        except BaseException:  # interrupted while queued: hand back a probe's permit
+            self._breaker.record(permit, Outcome.IGNORED)
+            raise
+        if not acquired:
             self._breaker.record(permit, Outcome.IGNORED)
             self._counters.wait_timeout()
             raise PoolExhaustedError(self._exhausted_message())
