@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from cachegate.core import SETTINGS, Address, ConfigError, Secret, load_config
+from cachegate.core import SETTINGS, Address, ConfigError, Secret, load_config, select_backend
 
 
 def test_defaults_are_the_seeds() -> None:
@@ -123,4 +125,85 @@ def test_http_side_port_can_be_switched_off() -> None:
 def test_every_setting_default_parses() -> None:
     # The --help table shows these defaults: each must be a value load_config accepts.
     env = {s.name: s.default for s in SETTINGS if s.default}
-    assert load_config(env) == load_config({})
+    written_out = load_config(env)
+    # Writing REDIS_HOST out, even as its default, asks for Redis (the guide's rule).
+    assert (written_out.backend, written_out.backend_chosen_by) == ("redis", "REDIS_HOST")
+    assert replace(written_out, backend="memory", backend_chosen_by="default") == load_config({})
+
+
+# --- which backend: CACHEGATE_BACKEND, else the Redis variables, else the caller's default ---
+
+
+@pytest.mark.parametrize(
+    ("env", "backend", "chosen_by"),
+    [
+        ({}, "memory", "default"),
+        ({"REDIS_HOST": "cache.internal"}, "redis", "REDIS_HOST"),
+        ({"REDIS_URL": "redis://cache.internal:6380/1"}, "redis", "REDIS_URL"),
+        ({"REDIS_SENTINELS": "10.0.0.1:26379"}, "sentinel", "REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER_NODES": "10.0.0.1:7000"}, "cluster", "REDIS_CLUSTER_NODES"),
+        # Several: the most specific topology wins.
+        ({"REDIS_SENTINELS": "s:26379", "REDIS_CLUSTER_NODES": "c:7000"}, "sentinel",
+         "REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s:26379", "REDIS_URL": "redis://:pw@m:6379"}, "sentinel",
+         "REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER_NODES": "c:7000", "REDIS_HOST": "h"}, "cluster", "REDIS_CLUSTER_NODES"),
+        ({"REDIS_URL": "redis://u:6379", "REDIS_HOST": "h"}, "redis", "REDIS_URL"),
+        # An explicit CACHEGATE_BACKEND always wins.
+        ({"CACHEGATE_BACKEND": "memory", "REDIS_HOST": "h", "REDIS_SENTINELS": "s:26379"},
+         "memory", "CACHEGATE_BACKEND"),
+        ({"CACHEGATE_BACKEND": "redis", "REDIS_SENTINELS": "s:26379"}, "redis",
+         "CACHEGATE_BACKEND"),
+        ({"CACHEGATE_BACKEND": "cluster"}, "cluster", "CACHEGATE_BACKEND"),
+        # Blank counts as unset; other Redis variables alone name no backend.
+        ({"CACHEGATE_BACKEND": " ", "REDIS_HOST": "", "REDIS_URL": ""}, "memory", "default"),
+        ({"REDIS_PORT": "6380", "REDIS_PASSWORD": "pw", "REDIS_DB": "2"}, "memory", "default"),
+    ],
+)  # fmt: skip
+def test_backend_selection_table(env: dict[str, str], backend: str, chosen_by: str) -> None:
+    config = load_config(env)
+    assert (config.backend, config.backend_chosen_by) == (backend, chosen_by)
+    assert select_backend(env) == (backend, chosen_by)
+
+
+def test_the_in_process_default_is_redis_unless_memory_is_named() -> None:
+    # The guide's pool: nothing set means the guide's localhost:6379.
+    config = load_config({}, default_backend="redis")
+    assert (config.backend, config.backend_chosen_by) == ("redis", "default")
+    assert config.backend_target == "redis://localhost:6379/0"
+    config = load_config({"REDIS_PORT": "6390"}, default_backend="redis")
+    assert config.backend_target == "redis://localhost:6390/0"
+    named = load_config({"CACHEGATE_BACKEND": "memory"}, default_backend="redis")
+    assert (named.backend, named.backend_chosen_by) == ("memory", "CACHEGATE_BACKEND")
+    assert named.backend_target == "embedded"
+    # The hints still pick a topology.
+    assert load_config({"REDIS_SENTINELS": "s:1"}, default_backend="redis").backend == "sentinel"
+
+
+def test_a_chosen_backend_is_checked_like_a_named_one() -> None:
+    with pytest.raises(ConfigError, match="REDIS_WAIT_REPLICAS"):
+        load_config({"REDIS_CLUSTER_NODES": "c:7000", "REDIS_WAIT_REPLICAS": "1"})
+    assert load_config({"REDIS_HOST": "h", "REDIS_WAIT_REPLICAS": "1"}).pool.wait_replicas == 1
+    with pytest.raises(ConfigError, match="CACHEGATE_BACKEND='mongo'"):
+        select_backend({"CACHEGATE_BACKEND": "mongo", "REDIS_HOST": "h"})
+
+
+@pytest.mark.parametrize(
+    ("env", "target"),
+    [
+        ({}, "embedded"),
+        ({"REDIS_URL": "rediss://app:hunter2@r.example:6390/2"}, "rediss://app:***@r.example:6390/2"),
+        ({"REDIS_HOST": "h", "REDIS_PASSWORD": "hunter2"}, "redis://:***@h:6379/0"),
+        ({"REDIS_SENTINELS": "s1:26379,s2:26380", "REDIS_PASSWORD": "hunter2",
+          "REDIS_SENTINEL_MASTER": "main"}, "redis+sentinel://:***@s1:26379,s2:26380/main/0"),
+        ({"REDIS_CLUSTER_NODES": "c1:7000,c2:7001", "REDIS_URL": "rediss://u:hunter2@x:1"},
+         "rediss+cluster://u:***@c1:7000,c2:7001"),
+        ({"CACHEGATE_BACKEND": "cluster", "REDIS_HOST": "c"}, "redis+cluster://c:6379"),
+    ],
+)  # fmt: skip
+def test_backend_target_names_where_and_masks_the_password(
+    env: dict[str, str], target: str
+) -> None:
+    shown = load_config(env).backend_target
+    assert shown == target
+    assert "hunter2" not in shown

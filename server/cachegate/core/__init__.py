@@ -15,6 +15,7 @@ from cachegate.core._breaker import (
     StateListener,
 )
 from cachegate.core._config import (
+    BACKEND_HINTS,
     SETTINGS,
     Address,
     BackendKind,
@@ -29,12 +30,14 @@ from cachegate.core._config import (
     ServerSettings,
     Setting,
     load_config,
+    select_backend,
 )
 from cachegate.core._deadline import Deadline
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
+    "BACKEND_HINTS",
     "SETTINGS",
     "Address",
     "BackendKind",
@@ -62,4 +65,5 @@ __all__ = [
     "Setting",
     "StateListener",
     "load_config",
+    "select_backend",
 ]

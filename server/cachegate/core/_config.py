@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from cachegate.core._breaker import BreakerConfig
 
 __all__ = [
+    "BACKEND_HINTS",
     "SETTINGS",
     "Address",
     "BackendKind",
@@ -33,10 +34,21 @@ __all__ = [
     "ServerSettings",
     "Setting",
     "load_config",
+    "select_backend",
 ]
 
 BackendKind = Literal["memory", "redis", "sentinel", "cluster"]
 BACKENDS: tuple[BackendKind, ...] = ("memory", "redis", "sentinel", "cluster")
+
+# With CACHEGATE_BACKEND unset, the first of these variables that is set (not blank)
+# picks the backend: the most specific topology wins, so REDIS_SENTINELS plus a
+# REDIS_URL (say, for the password) means Sentinel, never a fixed master.
+BACKEND_HINTS: tuple[tuple[str, BackendKind], ...] = (
+    ("REDIS_SENTINELS", "sentinel"),
+    ("REDIS_CLUSTER_NODES", "cluster"),
+    ("REDIS_URL", "redis"),
+    ("REDIS_HOST", "redis"),
+)
 
 
 class ConfigError(ValueError):
@@ -165,6 +177,8 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class Config:
     backend: BackendKind = "memory"
+    # What chose the backend: "CACHEGATE_BACKEND", one of BACKEND_HINTS, or "default".
+    backend_chosen_by: str = "default"
     redis: RedisSettings = field(default_factory=RedisSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
@@ -172,6 +186,24 @@ class Config:
     limits: LimitSettings = field(default_factory=LimitSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+
+    @property
+    def backend_target(self) -> str:
+        """Where the backend is, as one URL-like string with the password masked (for logs)."""
+        redis = self.redis
+        if self.backend == "memory":
+            return "embedded"
+        if self.backend == "redis":
+            return redis.redacted_url
+        tls = "s" if redis.tls else ""
+        auth = ""
+        if redis.username or redis.password:
+            auth = f"{redis.username or ''}{':***' if redis.password else ''}@"
+        if self.backend == "sentinel":
+            nodes = ",".join(map(str, redis.sentinels))
+            return f"redis{tls}+sentinel://{auth}{nodes}/{redis.sentinel_master}/{redis.db}"
+        nodes = ",".join(map(str, redis.cluster_nodes)) or f"{redis.host}:{redis.port}"
+        return f"redis{tls}+cluster://{auth}{nodes}"
 
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError ---
@@ -230,7 +262,9 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
-def _backend(raw: str) -> BackendKind:
+def _backend(raw: str) -> BackendKind | None:
+    if raw.strip() == "":
+        return None  # chosen by select_backend()
     by_name: dict[str, BackendKind] = {kind: kind for kind in BACKENDS}
     try:
         return by_name[raw.strip().lower()]
@@ -308,8 +342,11 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("CACHEGATE_BACKEND", "", "backend", "memory",
-            "memory (embedded, no Redis needed), redis, sentinel or cluster", _backend),
+    Setting("CACHEGATE_BACKEND", "", "backend", "",
+            "memory (embedded, no Redis needed), redis, sentinel or cluster; unset: "
+            "REDIS_SENTINELS -> sentinel, else REDIS_CLUSTER_NODES -> cluster, else "
+            "REDIS_URL or REDIS_HOST -> redis, else memory (the server) or redis "
+            "(get_redis_pool(), as the guide's pool)", _backend),
     Setting("CACHEGATE_LISTEN", "server", "listen", "127.0.0.1:50051",
             "gRPC listen address host:port", _listen),
     Setting("CACHEGATE_HTTP_LISTEN", "server", "http_listen", "127.0.0.1:9464",
@@ -456,8 +493,34 @@ def _from_url(raw: str) -> dict[str, Any]:
     return fields
 
 
-def load_config(env: Mapping[str, str]) -> Config:
-    """Build a Config from environment-like variables; unknown variables are ignored."""
+def select_backend(
+    env: Mapping[str, str], *, default: BackendKind = "memory"
+) -> tuple[BackendKind, str]:
+    """The backend `env` asks for, and the variable that asked (or "default").
+
+    CACHEGATE_BACKEND wins when set; else the first of BACKEND_HINTS that is set; else
+    `default`. A bad CACHEGATE_BACKEND raises ConfigError.
+    """
+    raw = env.get("CACHEGATE_BACKEND", "")
+    try:
+        named = _backend(raw)
+    except ValueError as exc:
+        raise ConfigError(f"CACHEGATE_BACKEND={raw!r}: {exc}") from None
+    if named is not None:
+        return named, "CACHEGATE_BACKEND"
+    for name, kind in BACKEND_HINTS:
+        if env.get(name, "").strip():
+            return kind, name
+    return default, "default"
+
+
+def load_config(env: Mapping[str, str], *, default_backend: BackendKind = "memory") -> Config:
+    """Build a Config from environment-like variables; unknown variables are ignored.
+
+    `default_backend` is the backend when nothing in `env` names one (see
+    select_backend): the server keeps the embedded "memory" so it runs without Redis;
+    the guide's in-process pool passes "redis", whose defaults are localhost:6379.
+    """
     sections: dict[str, dict[str, Any]] = {
         "": {}, "redis": {}, "pool": {}, "retry": {}, "breaker": {}, "limits": {}, "server": {},
         "security": {},
@@ -481,7 +544,7 @@ def load_config(env: Mapping[str, str]) -> Config:
             continue  # filled from socket_timeout below
         sections[setting.section][setting.attr] = value
     sections["redis"].update(url_fields)
-    backend = sections[""]["backend"]
+    backend, chosen_by = select_backend(env, default=default_backend)
     if backend == "sentinel" and not sections["redis"]["sentinels"]:
         raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
     if backend in ("cluster", "memory") and sections["pool"]["wait_replicas"]:
@@ -516,6 +579,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         raise ConfigError(f"breaker settings: {exc}") from None
     return Config(
         backend=backend,
+        backend_chosen_by=chosen_by,
         redis=RedisSettings(**sections["redis"]),
         pool=PoolSettings(**pool),
         retry=RetrySettings(**sections["retry"]),

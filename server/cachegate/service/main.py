@@ -206,7 +206,8 @@ def run(
             "port": service.port,
             "http_port": service.http.port if service.http is not None else None,
             "backend": config.backend,
-            "redis": config.redis.redacted_url if config.backend != "memory" else "embedded",
+            "redis": config.backend_target,  # password masked
+            "backend_chosen_by": config.backend_chosen_by,
             "max_connections": config.pool.max_connections,
         },
     )
