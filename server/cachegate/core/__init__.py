@@ -34,6 +34,7 @@ from cachegate.core._config import (
 )
 from cachegate.core._deadline import Deadline
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
+from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "ProbePolicy",
     "ProbeSchedule",
     "RedisSettings",
+    "RepeatPolicy",
+    "RepeatedMessage",
     "RetrySettings",
     "Secret",
     "SecuritySettings",

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from grpc_health.v1 import health, health_pb2
 
-from cachegate.core import CircuitOpenError, CircuitState
+from cachegate.core import CircuitOpenError, CircuitState, RepeatedMessage
 from cachegate.pool import CacheError, RedisConnectionPool
 
 __all__ = ["SERVICE_NAME", "HealthReporter"]
@@ -71,7 +72,10 @@ class HealthReporter:
         self._wake.set()
 
     def _run(self) -> None:
-        # Until the backend answers once, nothing is SERVING.
+        # Until the backend answers once, nothing is SERVING. Checked every probe
+        # interval, but told once, then at doubling intervals (up to a minute).
+        not_ready = RepeatedMessage()
+        started = time.monotonic()
         while not self._stop.is_set() and not self._ready.is_set():
             report = self._pool.health_check()
             if report["healthy"]:
@@ -79,9 +83,18 @@ class HealthReporter:
                 self.servicer.set("", SERVING)
                 closed = self._pool.breaker.state is CircuitState.CLOSED
                 self.servicer.set(SERVICE_NAME, SERVING if closed else NOT_SERVING)
-                log.info("backend ready", extra={"backend": self._pool.backend_kind})
+                fields: dict[str, object] = {"backend": self._pool.backend_kind}
+                if not_ready.active:
+                    fields["not_ready_seconds"] = round(time.monotonic() - started, 1)
+                    fields["repeats_suppressed"] = not_ready.end()
+                log.info("backend ready", extra=fields)
             else:
-                log.warning("backend not ready", extra={"reason": report.get("error", "")})
+                held = not_ready.occur(time.monotonic())
+                if held is not None:
+                    log.warning(
+                        "backend not ready",
+                        extra={"reason": report.get("error", ""), "repeats_suppressed": held},
+                    )
                 self._stop.wait(self._probe_interval)
         # Then: probe whenever the breaker is not closed, so it can close again.
         while not self._stop.is_set():
