@@ -27,6 +27,7 @@ from cachegate.service._observe import RpcObserver
 from cachegate.service._servicer import CacheServicer
 from cachegate.service._threads import RpcThreadPool
 from cachegate.service._tls import server_credentials
+from cachegate.service._wire import request_limits
 from cachegate.v1 import admin_pb2, cache_pb2
 
 __all__ = [
@@ -172,6 +173,7 @@ def create_server(
         _behaviors(servicer, cache_service),
         guarded=False,
         raw=frozenset({"Pipeline"}),
+        limits=request_limits(limits),
     )
     services = [
         cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
