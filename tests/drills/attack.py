@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -86,8 +87,11 @@ class MemoryWatch:
         interval: float = 0.05,
         max_seconds: float = 120.0,
         kill_above_kb: int = CONTAINER_LIMIT_KB,
+        also: Sequence[int] = (),
     ) -> None:
         self._gateway = gateway
+        # Other processes the attack can grow (a redis-server): watched and guarded alike.
+        self._also = tuple(also)
         self._interval = interval
         self._max_seconds = max_seconds
         self._kill_above_kb = kill_above_kb
@@ -98,7 +102,7 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
 
     def _sample(self) -> None:
-        for pid in gateway_pids(self._gateway):
+        for pid in (*gateway_pids(self._gateway), *self._also):
             value = rss_kb(pid)
             if value is None:
                 continue
@@ -128,9 +132,14 @@ class MemoryWatch:
     @property
     def worker_peaks_mb(self) -> dict[int, float]:
         """Peak RSS in MB per process other than the supervisor (all of them when the
-        gateway runs as one process)."""
-        peaks = {pid: kb / 1024 for pid, kb in self.peak_kb.items() if pid != self._gateway.pid}
-        return peaks or {pid: kb / 1024 for pid, kb in self.peak_kb.items()}
+        gateway runs as one process); the `also` processes are not workers."""
+        mine = {p: kb for p, kb in self.peak_kb.items() if p not in self._also}
+        peaks = {pid: kb / 1024 for pid, kb in mine.items() if pid != self._gateway.pid}
+        return peaks or {pid: kb / 1024 for pid, kb in mine.items()}
+
+    def peak_mb(self, pid: int) -> float:
+        """Peak RSS in MB of one watched process (e.g. one passed as `also`)."""
+        return self.peak_kb.get(pid, 0) / 1024
 
     @property
     def max_worker_mb(self) -> float:

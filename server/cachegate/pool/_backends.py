@@ -31,8 +31,9 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from cachegate.core import Config
 from cachegate.pool._bounded import (
     BOUNDED_READ_LUA,
-    from_script_reply,
-    read_chunked,
+    LUA_COPY_BYTES,
+    read_known,
+    script_sizes,
     worst_case_fits,
 )
 from cachegate.pool._parking import ParkingPool
@@ -291,21 +292,11 @@ class ConnectionBackend:
         if self._rewrite is not None:
             commands = [self._rewrite(command) for command in commands]
         wire, spans = _coalesce_gets(commands)
-        runs = sum(1 for span in spans if span)
-        bounded = not worst_case_fits(sum(spans), self._value_limit, max_bytes)
-        if bounded and max_bytes is not None:
-            if not self._scripts:
-                with self._connection(timeout) as conn:
-                    return self._run_segments(conn, wire, spans, timeout, max_bytes)
-            # Each run of gets becomes the bounded script with an equal share of the
-            # bound: the runs go in one pipeline, so none can know what the others read.
-            share = max_bytes // max(runs, 1)
-            wire = [
-                ("EVAL", BOUNDED_READ_LUA, span, *command[1:], share, self._value_limit)
-                if span
-                else command
-                for command, span in zip(wire, spans, strict=True)
-            ]
+        if max_bytes is not None and not worst_case_fits(sum(spans), self._value_limit, max_bytes):
+            # Each run of gets is read within what is left of the bound, after the
+            # commands before it (a run's size is known only once it is read).
+            with self._connection(timeout) as conn:
+                return self._run_segments(conn, wire, spans, timeout, max_bytes)
         replies: list[Any] = []
         with self._connection(timeout) as conn:
             conn.send_packed_command(conn.pack_commands(wire), check_health=False)
@@ -316,9 +307,7 @@ class ConnectionBackend:
                     replies.append(exc)  # Redis answered: only this command failed
         results: list[Any] = []
         for command, span, reply in zip(wire, spans, replies, strict=True):
-            if span and bounded and isinstance(reply, list):
-                results.extend(from_script_reply(reply, span))
-            elif span:  # an MGET standing for `span` GETs
+            if span:  # an MGET standing for `span` GETs
                 results.extend(reply if isinstance(reply, list) else [reply] * span)
             elif isinstance(reply, Exception):
                 results.append(reply)
@@ -340,17 +329,60 @@ class ConnectionBackend:
                 result: list[Any] = conn.read_response(timeout=timeout)
             return result
         with self._connection(timeout) as conn:
-            if self._scripts:
-                reply = self._bounded_script(conn, keys, timeout, max_bytes)
-                if reply is not None:
-                    return from_script_reply(reply, len(keys))
-            return self._read_chunked(conn, keys, timeout, max_bytes)
+            return self._read_bounded(conn, keys, timeout, max_bytes)
+
+    def _read_bounded(
+        self, conn: Any, keys: Sequence[str | bytes], timeout: float, max_bytes: int
+    ) -> list[Any]:
+        if worst_case_fits(len(keys), self._value_limit, max_bytes):
+            conn.send_command("MGET", *keys, check_health=False)
+            values: list[Any] = conn.read_response(timeout=timeout)
+            return values
+        if self._scripts:
+            reply = self._bounded_script(conn, keys, timeout, min(max_bytes, LUA_COPY_BYTES))
+            if reply is not None:
+                sizes = script_sizes(reply, len(keys))
+                if sizes is None:
+                    return reply
+                return read_known(
+                    keys,
+                    sizes,
+                    max_bytes,
+                    self._value_limit,
+                    lambda chunk: self._ask(conn, timeout, "MGET", *chunk),
+                )
+        return read_known(
+            keys,
+            self._sizes(conn, keys, timeout),
+            max_bytes,
+            self._value_limit,
+            lambda chunk: self._ask(conn, timeout, "MGET", *chunk),
+        )
+
+    def _sizes(self, conn: Any, keys: Sequence[str | bytes], timeout: float) -> list[int]:
+        """STRLEN of each key, as one pipeline of the distinct ones (-1: another type)."""
+        distinct = list(dict.fromkeys(keys))
+        conn.send_packed_command(
+            conn.pack_commands([("STRLEN", key) for key in distinct]), check_health=False
+        )
+        sizes: dict[str | bytes, int] = {}
+        for key in distinct:
+            try:
+                sizes[key] = int(conn.read_response(timeout=timeout))
+            except redis.ResponseError:  # another type: a miss, as MGET says
+                sizes[key] = -1
+        return [sizes[key] for key in keys]
+
+    @staticmethod
+    def _ask(conn: Any, timeout: float, *command: Any) -> Any:
+        conn.send_command(*command, check_health=False)
+        return conn.read_response(timeout=timeout)
 
     def _bounded_script(
         self, conn: Any, keys: Sequence[str | bytes], timeout: float, max_bytes: int
     ) -> list[Any] | None:
         """The bounded script's reply, or None when Redis will not run scripts for us."""
-        tail = (len(keys), *keys, max_bytes, self._value_limit)
+        tail = (len(keys), *keys, max_bytes)
         packed = hiredis.pack_command(("EVALSHA", self._script_sha, *tail))  # type: ignore[arg-type]
         conn.send_packed_command([packed], check_health=False)
         try:
@@ -374,29 +406,6 @@ class ConnectionBackend:
             "Redis refused the bounded-read script; large batches of gets are read in "
             "chunks instead (allow EVALSHA, EVAL and STRLEN to keep them one round trip)",
             extra={"error": str(exc)},
-        )
-
-    def _read_chunked(
-        self, conn: Any, keys: Sequence[str | bytes], timeout: float, max_bytes: int
-    ) -> list[Any]:
-        def ask(*command: Any) -> Any:
-            conn.send_command(*command, check_health=False)
-            return conn.read_response(timeout=timeout)
-
-        def strlen(key: str | bytes) -> int | None:
-            try:
-                size: int = ask("STRLEN", key)
-                return size
-            except redis.ResponseError:  # another type: a miss, as MGET says
-                return None
-
-        return read_chunked(
-            keys,
-            max_bytes,
-            self._value_limit,
-            lambda chunk: list(ask("MGET", *chunk)),
-            strlen,
-            lambda key: ask("GET", key),
         )
 
     def _run_segments(
@@ -432,7 +441,7 @@ class ConnectionBackend:
                 pending.append(command)
                 continue
             flush()
-            values = self._read_chunked(conn, command[1:], timeout, room)
+            values = self._read_bounded(conn, command[1:], timeout, room)
             room -= sum(len(v) for v in values if isinstance(v, bytes))
             results.extend(values)
         flush()
@@ -675,19 +684,21 @@ class ClusterBackend:
             result: list[Any] = self._client.mget_nonatomic(list(keys))
             return result
 
-        def strlen(key: str | bytes) -> int | None:
-            try:
-                return int(self._client.strlen(key))
-            except redis.ResponseError:  # another type: a miss, as MGET says
-                return None
-
-        return read_chunked(
+        distinct = list(dict.fromkeys(keys))
+        pipe = self._client.pipeline(transaction=False)
+        for key in distinct:
+            pipe.strlen(key)
+        replies = pipe.execute(raise_on_error=False)
+        sizes = {
+            key: -1 if isinstance(reply, Exception) else int(reply)
+            for key, reply in zip(distinct, replies, strict=True)
+        }
+        return read_known(
             keys,
+            [sizes[key] for key in keys],
             max_bytes,
             self._value_limit,
             lambda chunk: list(self._client.mget_nonatomic(list(chunk))),
-            strlen,
-            self._client.get,
         )
 
     def _pools(self) -> list[redis.ConnectionPool]:

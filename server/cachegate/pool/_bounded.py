@@ -5,13 +5,17 @@ request and a 1 GB reply. A bounded read asks Redis only for a reply it can send
 
 - when the batch's worst case (keys x the value limit) fits the bound, one MGET,
   as before (nothing to check);
-- otherwise one Lua script (EVALSHA) that reads like MGET but stops taking values
-  once the bound is reached: MGET in chunks whose worst case fits what is left, then
-  STRLEN before each GET, so Redis itself never holds more than the bound either.
-  A value that does not fit comes back as its size (`TooLarge`);
+- otherwise one Lua script (EVALSHA) that asks every key's STRLEN first and returns
+  the values (MGET's reply) only when their total fits a small bound
+  (LUA_COPY_BYTES: a value copied into Lua costs Redis ~3 ms per MiB), else the
+  sizes. With the sizes known, the values that fit the bound, in order, are read
+  with MGETs in chunks whose worst case fits what is left (`read_known`), so Redis
+  never builds more than the bound either; each value that does not fit stands as
+  its size (`TooLarge`);
 - where Lua is not there (the embedded fakeredis, a Redis user without EVALSHA,
-  Cluster, whose keys span slots), the same walk from the client side
-  (`read_chunked`): one round trip per chunk, slower, still bounded.
+  Cluster, whose keys span slots), the sizes come from a pipeline of STRLEN (one per
+  distinct key) and the values from the same chunked MGETs: more round trips and
+  more work per key, still bounded.
 
 Like MGET, a key holding another type reads as a miss.
 """
@@ -24,10 +28,11 @@ from typing import Any
 
 __all__ = [
     "BOUNDED_READ_LUA",
+    "LUA_COPY_BYTES",
     "PartialRead",
     "TooLarge",
-    "from_script_reply",
-    "read_chunked",
+    "read_known",
+    "script_sizes",
     "worst_case_fits",
 ]
 
@@ -49,69 +54,43 @@ class PartialRead(list[Any]):
 
 
 BOUNDED_READ_LUA = """
--- Read KEYS like MGET, but never build a reply of more than ARGV[1] value bytes.
--- ARGV[2] is the largest value a key can hold (CACHEGATE_MAX_VALUE_BYTES).
---
--- The reply is MGET's (a value, or nil for a miss or a key of another type) when
--- every value fits. When some do not, each of those is replaced by its size (an
--- integer) and one more element (0) ends the reply, so the caller tells the two
--- shapes apart by length alone.
---
--- While the room left holds the largest possible value, keys are read with MGET in
--- chunks whose worst case fits that room (Redis never copies more than the bound at
--- once); after that each key's STRLEN comes first and only a value that fits is read.
--- unpack() takes at most a few thousand values, so a chunk is capped below that.
+-- Sizes first: STRLEN of every key (a key of another type counts as a miss, -1),
+-- which costs Redis no copy. Only when their total fits ARGV[1] are the values
+-- read (MGET, a few thousand keys at a time: unpack() takes no more), and the
+-- reply is MGET's. Otherwise the reply is the sizes and one more element (their
+-- total), so the caller tells the two shapes apart by length alone and reads
+-- what fits itself: a value copied into Lua costs Redis milliseconds per MiB.
 local budget = tonumber(ARGV[1])
-local most = tonumber(ARGV[2])
 local n = #KEYS
-local out, total, dropped = {}, 0, false
-local i = 1
-while i <= n do
-  local room = budget - total
-  if room >= most then
-    local last = math.min(n, i + math.min(math.floor(room / most), 4000) - 1)
-    local values = redis.call('MGET', unpack(KEYS, i, last))
-    for j = 1, last - i + 1 do
-      local value = values[j]
-      if value then
-        local size = #value
-        if size <= budget - total then
-          total = total + size
-          out[i + j - 1] = value
-        else
-          out[i + j - 1] = size
-          dropped = true
-        end
-      else
-        out[i + j - 1] = false
-      end
-    end
-    i = last + 1
+local sizes, total = {}, 0
+for i = 1, n do
+  local size = redis.pcall('STRLEN', KEYS[i])
+  if type(size) ~= 'number' then
+    size = -1
   else
-    local size = redis.pcall('STRLEN', KEYS[i])
-    if type(size) ~= 'number' then
-      out[i] = false -- another type: a miss, as MGET says
-    elseif size > room then
-      out[i] = size
-      dropped = true
-    else
-      local value = redis.call('GET', KEYS[i])
-      if value then
-        total = total + #value
-      end
-      out[i] = value
-    end
-    i = i + 1
+    total = total + size
   end
+  sizes[i] = size
 end
-if dropped then
-  out[n + 1] = 0
+if total > budget then
+  sizes[n + 1] = total
+  return sizes
+end
+local out = {}
+for first = 1, n, 4000 do
+  local values = redis.call('MGET', unpack(KEYS, first, math.min(n, first + 3999)))
+  for j = 1, #values do
+    out[first + j - 1] = values[j]
+  end
 end
 return out
 """
 
 # unpack() in Redis's Lua takes a few thousand values at most (LUAI_MAXCSTACK).
 MAX_CHUNK = 4000
+# Most value bytes the script itself returns: values pass through Lua at a few ms
+# per MiB of Redis's single thread, so more goes by plain MGETs once sizes are known.
+LUA_COPY_BYTES = 1024 * 1024
 
 
 def worst_case_fits(count: int, value_limit: int, max_bytes: int | None) -> bool:
@@ -119,61 +98,51 @@ def worst_case_fits(count: int, value_limit: int, max_bytes: int | None) -> bool
     return max_bytes is None or count * value_limit <= max_bytes
 
 
-def from_script_reply(reply: list[Any], count: int) -> list[Any]:
-    """The script's reply as values, None for misses and TooLarge for values left out."""
-    if len(reply) == count:  # everything fitted: MGET's shape, nothing to look at
-        return reply
-    return PartialRead(TooLarge(v) if isinstance(v, int) else v for v in reply[:count])
+def script_sizes(reply: list[Any], count: int) -> list[int] | None:
+    """None when the script returned the values (MGET's shape); else each key's size
+    (-1 for a key of another type, 0 for a miss or an empty value)."""
+    if len(reply) == count:
+        return None
+    return [int(size) for size in reply[:count]]
 
 
-def read_chunked(
+def read_known(
     keys: Sequence[Key],
+    sizes: Sequence[int],
     max_bytes: int,
     value_limit: int,
     mget: Callable[[Sequence[Key]], list[Any]],
-    strlen: Callable[[Key], int | None],
-    get: Callable[[Key], Any],
 ) -> list[Any]:
-    """The script's walk, one command at a time (for backends without Lua).
+    """Read the values that fit `max_bytes`, in order, given each key's size.
 
-    `strlen` gives None for a key of another type. Each MGET asks for at most what
-    is left of the bound in the worst case; once less than one value's worth is left,
-    each key's size is asked first and only a value that fits is read.
+    Keys whose size does not fit what is left become TooLarge at once. The rest are
+    read with MGETs of at most max(1, room // value_limit) keys, so a value that grew
+    since its size was taken cannot make Redis build more than the bound (it is
+    left out too when it no longer fits).
     """
-    out: list[Any] = []
+    out: list[Any] = [None] * len(keys)
     dropped = False
-    total = 0
-    index = 0
-    count = len(keys)
-    while index < count:
-        room = max_bytes - total
-        if room >= value_limit:
-            chunk = keys[index : index + min(room // max(value_limit, 1), MAX_CHUNK)]
-            for value in mget(chunk):
-                if value is None:
-                    out.append(None)
-                elif len(value) <= max_bytes - total:
-                    total += len(value)
-                    out.append(value)
-                else:
-                    out.append(TooLarge(len(value)))
-                    dropped = True
-            index += len(chunk)
-            continue
-        key = keys[index]
-        index += 1
-        size = strlen(key)
-        if size is None:
-            out.append(None)
-        elif size > room:
-            out.append(TooLarge(size))
-            dropped = True
+    chosen: list[int] = []
+    room = max_bytes
+    for index, size in enumerate(sizes):
+        if size < 0:
+            continue  # another type: a miss, as MGET says
+        if size <= room:
+            chosen.append(index)
+            room -= size
         else:
-            value = get(key)
-            if value is not None and len(value) > room:  # grew since STRLEN
-                out.append(TooLarge(len(value)))
+            out[index] = TooLarge(size)
+            dropped = True
+    left = max_bytes
+    start = 0
+    while start < len(chosen):
+        chunk = chosen[start : start + max(1, min(left // max(value_limit, 1), MAX_CHUNK))]
+        start += len(chunk)
+        for index, value in zip(chunk, mget([keys[i] for i in chunk]), strict=True):
+            if value is not None and len(value) > left:
+                out[index] = TooLarge(len(value))
                 dropped = True
-                continue
-            total += len(value) if value is not None else 0
-            out.append(value)
+            elif value is not None:
+                out[index] = value
+                left -= len(value)
     return PartialRead(out) if dropped else out

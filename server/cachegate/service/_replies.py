@@ -73,10 +73,21 @@ class ReplyBudget:
         self._budget.release(taken - granted * REPLY_COPIES)  # whole copies only
         return granted
 
-    def settle(self, reserved_read: int, reply: pb.PipelineResponse) -> int:
-        """Turn a read's reservation into the reply's; the budget bytes now held."""
+    def settle(
+        self, reserved_read: int, reply: pb.PipelineResponse, value_bytes: int | None = None
+    ) -> int:
+        """Turn a read's reservation into the reply's; the budget bytes now held.
+
+        `value_bytes` (at most) in the reply's values, when known, spares measuring
+        it: upb measures a message by encoding it, which for a large reply holds
+        the GIL for milliseconds.
+        """
         held = reserved_read * REPLY_COPIES
-        need = reply.ByteSize() * REPLY_COPIES
+        if value_bytes is None:
+            size = reply.ByteSize()
+        else:
+            size = value_bytes + len(reply.outcomes) * PER_OP_REPLY_BYTES + REPLY_OVERHEAD_BYTES
+        need = size * REPLY_COPIES
         if need < held:
             self._budget.release(held - need)
             return need

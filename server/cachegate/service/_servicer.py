@@ -16,7 +16,7 @@ from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
 from cachegate.service._admin import breaker_stats
 from cachegate.service._auth import Identity, TokenTable
-from cachegate.service._budget import REQUEST_COPIES, MemoryBudget
+from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
 from cachegate.service._decode import Undecodable, undecodable_message
 from cachegate.service._fastpath import get_only_keys
 from cachegate.service._limits import check_key, check_ttl, check_value
@@ -111,6 +111,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._budget = MemoryBudget(limits.memory_budget_bytes)
         self._replies = ReplyBudget(self._budget, limits)
         self._sends = SendWatch(limits.send_timeout, self._reply_unread)
+        # Replies whose values outgrow the first read are built one at a time: they
+        # hold the GIL for milliseconds (copies of megabytes), and one at a time
+        # leaves the rest of the worker's time to every other caller.
+        self._large_replies = threading.Lock()
 
     @_unary
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
@@ -185,6 +189,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 # the reply's count until grpc has sent it (it asks for the next one).
                 held = len(data) * REQUEST_COPIES
                 try:
+                    self._check_count(data)  # before any memory is taken for it
                     if not self._budget.reserve(held, self._replies.wait(context)):
                         held = 0
                         raise TooBusyError(self._replies.full_message("batch"))
@@ -221,16 +226,18 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             "(CACHEGATE_SEND_TIMEOUT); read replies as you send batches",
         )
 
-    def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:
-        """The keys of a batch of plain gets, or the parsed batch; InvalidArgumentError."""
-        # Counted on the wire first: building millions of empty operations costs far
-        # more than the bytes that carry them (see _wire.py).
+    def _check_count(self, data: bytes) -> None:
+        """Counted on the wire before anything is parsed: building millions of empty
+        operations costs far more than the bytes that carry them (see _wire.py)."""
         if too_many_operations(data, self._limits.max_batch_ops):
             raise InvalidArgumentError(
                 "operations",
                 f"batch has more than {self._limits.max_batch_ops} operations; the limit is "
                 f"{self._limits.max_batch_ops} (CACHEGATE_MAX_BATCH_OPS)",
             )
+
+    def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:
+        """The keys of a batch of plain gets, or the parsed batch; InvalidArgumentError."""
         keys = get_only_keys(data, self._limits.max_key_bytes)
         if keys is None:
             try:
@@ -343,9 +350,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 max_bytes=None if worst <= granted else granted,
             )
             if type(found) is PartialRead:  # some values did not fit the first read
-                found, granted, by_budget = self._read_left_out(
-                    keys, list(found), bound, granted, context
-                )
+                if self._large_replies.acquire(timeout=self._replies.wait(context)):
+                    try:
+                        found, granted, by_budget = self._read_left_out(
+                            keys, list(found), bound, granted, context
+                        )
+                        response = self._partial_reply(found, by_budget)
+                    finally:
+                        self._large_replies.release()
+                else:
+                    response = self._partial_reply(found, True)
+                return response, self._replies.settle(granted, response, granted)
         except Exception as exc:
             rejection = _rejection(exc, "Pipeline")
             code, message = code_number(rejection.code), rejection.message
@@ -357,9 +372,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 ],
             )
             return response, self._replies.settle(granted, response)
-        if type(found) is PartialRead:
-            response = self._partial_reply(found, by_budget)
-        elif None not in found:  # every key hit: no per-value test needed
+        if None not in found:  # every key hit: no per-value test needed
             response = pb.PipelineResponse(outcomes=[_VALUE] * size, values=found)
         else:
             response = pb.PipelineResponse(
@@ -381,21 +394,35 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         out), the value bytes now reserved, and whether the budget is what fell short."""
         left_out = too_large_indexes(found)
         used = sum(len(value) for value in found if isinstance(value, bytes))
-        want = min(sum(found[i].size for i in left_out), bound - used)
+        # Their sizes are known now: ask again only for those that can fit, in order.
+        room = bound - used
+        fitting: list[int] = []
+        for index in left_out:
+            size = found[index].size
+            if size <= room:
+                fitting.append(index)
+                room -= size
+        want = bound - used - room
         extra = self._replies.reserve_read(want, context)
         granted += extra
-        if extra > 0:
-            again = self._pool.get_many(
-                [keys[i] for i in left_out], timeout=context.time_remaining(), max_bytes=extra
-            )
-            for index, value in zip(left_out, again, strict=True):
+        partial = len(fitting) < len(left_out) or (extra == 0 and bool(fitting))
+        if extra > 0 and fitting:
+            try:
+                again = self._pool.get_many(
+                    [keys[i] for i in fitting], timeout=context.time_remaining(), max_bytes=extra
+                )
+            except BaseException:
+                self._budget.release(extra * REPLY_COPIES)  # the caller settles the rest
+                raise
+            for index, value in zip(fitting, again, strict=True):
                 found[index] = value
-        if any(isinstance(value, TooLarge) for value in found):
+            partial = partial or type(again) is PartialRead
+        if partial:
             return PartialRead(found), granted, extra < want
         return found, granted, False
 
     def _partial_reply(self, found: list[Any], by_budget: bool) -> pb.PipelineResponse:
-        """A reply in which some gets were left out: RESOURCE_EXHAUSTED for each of them."""
+        """A reply in which some gets may be left out: RESOURCE_EXHAUSTED for each of them."""
         outcomes = []
         values = []
         errors = []
