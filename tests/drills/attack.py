@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from drills.harness import DrillRow, Gateway
-from drills.load import Load, Summary, percentile, summarize
+from drills.load import Load, Summary, percentile, read_back, summarize
 
 __all__ = [
     "CONTAINER_LIMIT_KB",
@@ -32,6 +32,7 @@ __all__ = [
     "MemoryWatch",
     "attack_row",
     "gateway_pids",
+    "lost_writes",
     "rss_kb",
     "workers_env",
 ]
@@ -65,6 +66,18 @@ def _children(pid: int) -> list[int]:
 def gateway_pids(gateway: Gateway) -> list[int]:
     """The gateway's process and its direct children (the workers, in worker mode)."""
     return [gateway.pid, *_children(gateway.pid)]
+
+
+def lost_writes(gateway: Gateway, acked: dict[str, bytes]) -> list[str]:
+    """Acknowledged writes the gateway no longer returns (read_back); when it cannot
+    answer at all (dead, breaker open), one entry saying why, so the drill still
+    reports its figures and then fails."""
+    if not gateway.alive():
+        return ["(gateway dead)"]
+    try:
+        return read_back(gateway.target, acked)
+    except AssertionError as exc:
+        return [f"(unreadable: {str(exc)[:120]})"]
 
 
 def workers_env(redis_url: str, workers: int = 2, **extra: str) -> dict[str, str]:

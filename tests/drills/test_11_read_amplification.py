@@ -20,10 +20,17 @@ import pytest
 
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
-from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, workers_env
+from drills.attack import (
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
 from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
-from drills.load import make_channel, percentile, read_back
+from drills.load import make_channel, percentile
 
 pytestmark = pytest.mark.drill
 
@@ -75,7 +82,7 @@ def test_read_amplification(
             during = [r.latency for r in bystander.load.records_since(start)]
             results[name]["bystander_p99_ms"] = round(percentile(during, 99) * 1000, 1)
     workers_after = sorted(gateway_pids(gateway))
-    lost = read_back(gateway.target, bystander.load.acked) if gateway.alive() else ["(dead)"]
+    lost = lost_writes(gateway, bystander.load.acked)
     redis_mb = memory.peak_mb(also[0]) if also else 0.0
     codes = "; ".join(
         f"{name}: streams {r['status']} ops {r['op_errors']} values={r['values']} "

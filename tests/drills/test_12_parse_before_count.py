@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import pytest
 
-from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, workers_env
+from drills.attack import (
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
 from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
-from drills.load import read_back
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB, cpu_seconds
 
 pytestmark = pytest.mark.drill
@@ -48,7 +54,7 @@ def test_parse_before_count(
         )
     cpu = sum(cpu_seconds(pid) - used for pid, used in cpu_before.items())
     workers_after = sorted(gateway_pids(gateway))
-    lost = read_back(gateway.target, bystander.load.acked) if gateway.alive() else ["(dead)"]
+    lost = lost_writes(gateway, bystander.load.acked)
     report(
         attack_row(
             "12 count before parse (8.4M empty ops)",

@@ -16,10 +16,17 @@ import pytest
 
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
-from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, workers_env
+from drills.attack import (
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
 from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
-from drills.load import make_channel, read_back
+from drills.load import make_channel
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 
 pytestmark = pytest.mark.drill
@@ -57,7 +64,7 @@ def test_slow_readers(start_redis: StartRedis, start_gateway: StartGateway, repo
             "30",
         )
     workers_after = sorted(gateway_pids(gateway))
-    lost = read_back(gateway.target, bystander.load.acked) if gateway.alive() else ["(dead)"]
+    lost = lost_writes(gateway, bystander.load.acked)
     report(
         attack_row(
             f"13 slow readers ({STREAMS} streams)",

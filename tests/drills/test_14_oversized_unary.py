@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import pytest
 
-from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, workers_env
+from drills.attack import (
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
 from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
-from drills.load import read_back
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 
 pytestmark = pytest.mark.drill
@@ -48,7 +54,7 @@ def test_oversized_unary(
         )
     after_mb = {pid: (memory.peak_kb.get(pid, 0)) / 1024 for pid in workers_before}
     workers_after = sorted(gateway_pids(gateway))
-    lost = read_back(gateway.target, bystander.load.acked) if gateway.alive() else ["(dead)"]
+    lost = lost_writes(gateway, bystander.load.acked)
     report(
         attack_row(
             f"14 oversized unary ({CALLERS} x 15 MiB SetEx)",
