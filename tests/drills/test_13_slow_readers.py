@@ -1,7 +1,7 @@
 """Drill 13: slow readers. A stream that sends batches and never reads must not hold memory.
 
-A key holds a 1 MiB value. Attackers (in their own process) open many Pipeline streams,
-each sending batches of 1,000 gets of it, and read nothing for a while. On the start
+A key holds a 1 MiB value. Attackers (in their own process) open 60 Pipeline streams,
+each sending batches of 14 gets of it (a 14 MiB reply), and read nothing for a while. On the start
 commit each such stream held ~57 MB (100 held 3 GB). Now the replies waiting for a
 reader count against each worker's memory budget (a reply that cannot get room carries
 RESOURCE_EXHAUSTED for the gets left out), and a reply nobody reads within
@@ -33,6 +33,9 @@ pytestmark = pytest.mark.drill
 
 MIB = 1024 * 1024
 STREAMS = 60
+# 14 gets of the 1 MiB value: a 14 MiB reply, under the send limit, so that even the
+# start commit builds it (and then holds it for the reader that never comes).
+GETS = 14
 SEND_TIMEOUT = 3.0
 HOLD = 8.0  # seconds the attackers do not read: well past the send timeout
 BYSTANDER_P99_MS = 50.0
@@ -57,7 +60,7 @@ def test_slow_readers(start_redis: StartRedis, start_gateway: StartGateway, repo
             "--batches",
             "4",
             "--gets",
-            "1000",
+            str(GETS),
             "--hold",
             str(HOLD),
             "--deadline",
