@@ -109,8 +109,9 @@ def test_a_request_over_its_limit_is_not_parsed() -> None:
 
 
 def test_script_sizes_tells_values_from_sizes() -> None:
-    assert script_sizes([b"a", None], 2) is None
-    assert script_sizes([3, -1, 0, 99], 3) == [3, -1, 0]
+    assert script_sizes([b"a", None, 1]) == ([b"a", None], 1, True)
+    assert script_sizes([b"", 0]) == ([b""], 0, True)
+    assert script_sizes([3, -1, 0, -1 - 3]) == ([3, -1, 0], 3, False)
 
 
 def test_read_known_takes_values_in_order_while_they_fit() -> None:

@@ -341,9 +341,9 @@ class ConnectionBackend:
         if self._scripts:
             reply = self._bounded_script(conn, keys, timeout, min(max_bytes, LUA_COPY_BYTES))
             if reply is not None:
-                sizes = script_sizes(reply, len(keys))
-                if sizes is None:
-                    return reply
+                sizes, _, are_values = script_sizes(reply)
+                if are_values:
+                    return sizes
                 return read_known(
                     keys,
                     sizes,

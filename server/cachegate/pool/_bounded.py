@@ -57,9 +57,9 @@ BOUNDED_READ_LUA = """
 -- Sizes first: STRLEN of every key (a key of another type counts as a miss, -1),
 -- which costs Redis no copy. Only when their total fits ARGV[1] are the values
 -- read (MGET, a few thousand keys at a time: unpack() takes no more), and the
--- reply is MGET's. Otherwise the reply is the sizes and one more element (their
--- total), so the caller tells the two shapes apart by length alone and reads
--- what fits itself: a value copied into Lua costs Redis milliseconds per MiB.
+-- reply is MGET's followed by their total size. Otherwise it is the sizes followed
+-- by -1 - their total, so the last element tells the shapes apart, and the caller
+-- reads what fits itself: a value copied into Lua costs Redis milliseconds per MiB.
 local budget = tonumber(ARGV[1])
 local n = #KEYS
 local sizes, total = {}, 0
@@ -73,7 +73,7 @@ for i = 1, n do
   sizes[i] = size
 end
 if total > budget then
-  sizes[n + 1] = total
+  sizes[n + 1] = -1 - total
   return sizes
 end
 local out = {}
@@ -83,6 +83,7 @@ for first = 1, n, 4000 do
     out[first + j - 1] = values[j]
   end
 end
+out[n + 1] = total
 return out
 """
 
@@ -98,12 +99,17 @@ def worst_case_fits(count: int, value_limit: int, max_bytes: int | None) -> bool
     return max_bytes is None or count * value_limit <= max_bytes
 
 
-def script_sizes(reply: list[Any], count: int) -> list[int] | None:
-    """None when the script returned the values (MGET's shape); else each key's size
-    (-1 for a key of another type, 0 for a miss or an empty value)."""
-    if len(reply) == count:
-        return None
-    return [int(size) for size in reply[:count]]
+def script_sizes(reply: list[Any]) -> tuple[list[Any], int, bool]:
+    """Split the script's reply (its last element is taken off `reply`).
+
+    (values, their total bytes, True) when the values came back (MGET's shape);
+    (sizes, their total, False) otherwise: each key's size, -1 for a key of another
+    type, 0 for a miss or an empty value.
+    """
+    tail = int(reply.pop())
+    if tail >= 0:
+        return reply, tail, True
+    return [int(size) for size in reply], -1 - tail, False
 
 
 def read_known(
