@@ -92,7 +92,7 @@ class Tally:
             self.max_reply_bytes = max(self.max_reply_bytes, reply.ByteSize())
             self.values += sum(1 for outcome in reply.outcomes if outcome == pb.OUTCOME_VALUE)
             for error in reply.errors:
-                name = grpc.StatusCode(_code_tuple(error.code)).name
+                name = _code_name(error.code)
                 self.op_errors[name] += 1
                 self.messages.setdefault(f"op {name}", error.message[:300])
 
@@ -109,11 +109,11 @@ class Tally:
         )
 
 
-def _code_tuple(number: int) -> tuple[int, str]:
+def _code_name(number: int) -> str:
     for code in grpc.StatusCode:
         if code.value[0] == number:
-            return code.value
-    return grpc.StatusCode.UNKNOWN.value
+            return code.name
+    return f"code {number}"
 
 
 def _threads(count: int, target: Any) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from cachegate.pool._bounded import PartialRead, TooLarge, read_known, script_sizes
 from cachegate.service._budget import MemoryBudget
+from cachegate.service._sendwatch import SendWatch
 from cachegate.service._wire import MessageTooLarge, limited, too_many_operations
 from cachegate.v1 import cache_pb2 as pb
 
@@ -137,3 +138,24 @@ def test_read_known_leaves_out_a_value_that_grew() -> None:
     assert isinstance(out, PartialRead)
     whole = read_known(["a"], [10], 20, 20, lambda keys: [b"x" * 10])
     assert not isinstance(whole, PartialRead)
+
+
+def test_send_watch_ends_only_the_streams_whose_reply_is_overdue() -> None:
+    now = [0.0]
+    ended: list[object] = []
+    watch = SendWatch(10.0, ended.append, clock=lambda: now[0])
+    try:
+        first = watch.arm("first")  # type: ignore[arg-type]
+        now[0] = 5.0
+        watch.arm("second")  # type: ignore[arg-type]
+        third = watch.arm("third")  # type: ignore[arg-type]
+        watch.disarm(third)  # sent in time: never ended
+        now[0] = 12.0
+        watch.expire_due()
+        assert ended == ["first"]
+        watch.disarm(first)  # disarming an expired one is harmless
+        now[0] = 16.0
+        watch.expire_due()
+        assert ended == ["first", "second"]
+    finally:
+        watch.close()

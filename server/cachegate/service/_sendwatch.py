@@ -89,10 +89,16 @@ class SendWatch:
         self._stop.set()
 
     def _run(self) -> None:
-        # A few checks per timeout: a stream ends at most a quarter late.
+        # A few checks per timeout: a stream ends at most a quarter late. The thread
+        # leaves when nothing is armed (the next arm() starts another), so idle
+        # servers, and the many a test suite builds, keep no thread for it.
         interval = min(max(self._timeout / 4, 0.05), 1.0)
         while not self._stop.wait(interval):
             try:
                 self.expire_due()
             except Exception:  # never let the watch die and leave streams unwatched
                 log.exception("send watch failed")
+            with self._lock:
+                if not self._armed:
+                    self._thread = None
+                    return

@@ -36,6 +36,7 @@ __all__ = [
 UNARY_OVERHEAD_BYTES = 1024
 
 _OPERATION_TAG = b"\x0a"
+_COUNT_SLICE = 1024 * 1024  # bytes counted per call (each call holds the GIL)
 
 RequestLimit = tuple[int, str, str]
 """A method's request size limit: bytes, the settings it comes from, the field that
@@ -108,9 +109,16 @@ def too_many_operations(data: bytes, limit: int) -> bool:
     fields than operations allowed is refused either way. Malformed bytes give
     False here; the parse that follows reports them.
     """
-    if len(data) <= 2 * limit or data.count(_OPERATION_TAG) <= limit:
+    if len(data) <= 2 * limit:
         return False
-    return _count_fields(data, limit) > limit
+    # Counted a slice at a time: a count holds the GIL, and once the tags seen pass
+    # the limit the rest need not be counted (the walk decides).
+    tags = 0
+    for start in range(0, len(data), _COUNT_SLICE):
+        tags += data.count(_OPERATION_TAG, start, start + _COUNT_SLICE)
+        if tags > limit:
+            return _count_fields(data, limit) > limit
+    return False
 
 
 def _count_fields(data: bytes, limit: int) -> int:
