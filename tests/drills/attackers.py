@@ -6,6 +6,9 @@ bystander's calls and make the server look slower than it is. So each attack run
 here, in a child process (`run_attacker`), bounded by count and by time, and prints
 one JSON line: the stream and RPC status codes it got, the per-operation error codes
 and a sample of their messages, how many values came back and the largest reply.
+It runs at a lower CPU priority (nice 10): a real attacker is on another machine, and
+here its own CPU (building and parsing 16 MiB messages on a shared 2-core box) would
+otherwise show up in the bystander's latency as if the server had spent it.
 
 Kinds:
 - `pipeline-gets`: Pipeline batches of `--gets` gets of one key, on `--streams` streams
@@ -37,6 +40,7 @@ from cachegate.v1 import cache_pb2_grpc
 __all__ = ["run_attacker"]
 
 _TESTS = Path(__file__).resolve().parent.parent
+ATTACKER_NICENESS = 10
 
 # The attacker reads whatever the server sends: no client-side limit hides a reply.
 _OPTIONS = [
@@ -217,6 +221,7 @@ def big_setex(args: argparse.Namespace, tally: Tally) -> None:
 
 
 def main() -> None:
+    os.nice(ATTACKER_NICENESS)
     parser = argparse.ArgumentParser(prog="drills.attackers")
     parser.add_argument("kind", choices=("pipeline-gets", "empty-ops", "slow-reader", "big-setex"))
     parser.add_argument("target")
