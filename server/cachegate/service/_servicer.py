@@ -187,12 +187,14 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             for data in request_iterator:
                 # The batch's bytes count against the budget until its reply is built;
                 # the reply's count until grpc has sent it (it asks for the next one).
-                held = len(data) * REQUEST_COPIES
+                held = 0
                 try:
                     self._check_count(data)  # before any memory is taken for it
-                    if not self._budget.reserve(held, self._replies.wait(context)):
-                        held = 0
+                    if not self._budget.reserve(
+                        len(data) * REQUEST_COPIES, self._replies.wait(context)
+                    ):
                         raise TooBusyError(self._replies.full_message("batch"))
+                    held = len(data) * REQUEST_COPIES
                     parsed = self._parse_batch(data)
                     if isinstance(parsed, list):  # gets only: the fast path
                         keys = [namespace + key for key in parsed] if namespace else parsed
