@@ -100,3 +100,26 @@ def test_cluster_reads_are_bounded(redis_cluster: ClusterSetup) -> None:
         assert pool.get_many(keys[:3], max_bytes=MIB) == [b"x" * (MIB // 4)] * 3
     finally:
         pool.close()
+
+
+def test_a_redis_user_without_scripts_gets_the_same_answers(redis_server: RedisProcess) -> None:
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "noscripts",
+        enabled=True,
+        passwords=["+secret-password"],
+        keys=["*"],
+        commands=["-@all", "+get", "+mget", "+setex", "+del", "+ping", "+strlen"],
+    )
+    admin.set("big", b"b" * MIB)
+    admin.set("small", b"s")
+    admin.hset("hash", "f", "v")
+    url = f"redis://noscripts:secret-password@127.0.0.1:{redis_server.port}/0"
+    pool = RedisConnectionPool(load_config({"CACHEGATE_BACKEND": "redis", "REDIS_URL": url}))
+    try:
+        keys = ["small", "big", "big", "hash", "missing"]
+        for _ in range(2):  # the first refusal switches scripts off; the second never asks
+            values = pool.get_many(keys, max_bytes=MIB + 10)
+            assert values == [b"s", b"b" * MIB, TooLarge(MIB), None, None]
+    finally:
+        pool.close()
