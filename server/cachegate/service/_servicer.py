@@ -336,15 +336,23 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> tuple[pb.PipelineResponse, int]:
         """A batch of valid gets only (the common read path): one multi-key read.
 
-        Returns the reply and the budget bytes it holds until it is sent. The read
-        asks Redis for at most a first share of the budget (one MGET when even the
-        worst case fits it, else the bounded script); values left out are read again
-        with the room they need, as far as the reply's bound and the budget allow.
+        Returns the reply and the budget bytes it holds until it is sent. One MGET
+        when the batch's worst case fits the reply's bound and the budget; else a
+        first read within a small share of the budget (the bounded script), and the
+        values left out are read again with the room they need, as far as the
+        reply's bound and the budget allow.
         """
         size = len(keys)
         bound = self._replies.bound(size)
         worst = size * self._replies.value_limit
-        granted = self._replies.reserve_read(min(worst, bound, self._replies.first_read), context)
+        # One plain MGET whenever its worst case fits the reply's bound and the budget
+        # has room for it right now; otherwise a first read within a small share.
+        if worst <= bound and self._budget.reserve(worst * REPLY_COPIES):
+            granted = worst
+        else:
+            granted = self._replies.reserve_read(
+                min(worst, bound, self._replies.first_read), context
+            )
         try:
             found = self._pool.get_many(
                 keys,
