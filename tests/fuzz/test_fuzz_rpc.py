@@ -849,15 +849,16 @@ class Stream:
         self._end()
 
 
-def fields_before_damage(payload: bytes | pb.PipelineRequest) -> int:
-    """Top-level fields that are whole on the wire before the first damaged one.
+def operations_before_damage(payload: bytes | pb.PipelineRequest) -> int:
+    """Operations (field 1 records) that are whole on the wire before the first
+    damaged field.
 
-    The server counts a batch's fields before parsing it, so a batch with more than
-    the limit of them is refused for its size even when its tail would not decode.
+    The server counts a batch's operations before parsing it, so a batch with more
+    than the limit of them is refused for its size even when its tail would not decode.
     """
     if not isinstance(payload, bytes):
         return 0
-    data, pos, fields = payload, 0, 0
+    data, pos, operations = payload, 0, 0
 
     def varint(at: int) -> tuple[int, int] | None:
         value = shift = 0
@@ -873,26 +874,26 @@ def fields_before_damage(payload: bytes | pb.PipelineRequest) -> int:
     while pos < len(data):
         tag = varint(pos)
         if tag is None:
-            return fields
+            return operations
         wire_type, pos = tag[0] & 7, tag[1]
         if wire_type == 0:
             skip = varint(pos)
             if skip is None:
-                return fields
+                return operations
             pos = skip[1]
         elif wire_type in (1, 5):
             pos += 8 if wire_type == 1 else 4
         elif wire_type == 2:
             length = varint(pos)
             if length is None:
-                return fields
+                return operations
             pos = length[1] + length[0]
         else:
-            return fields
+            return operations
         if pos > len(data):
-            return fields
-        fields += 1
-    return fields
+            return operations
+        operations += tag[0] == 10
+    return operations
 
 
 def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending: str) -> None:
@@ -908,7 +909,7 @@ def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending
                 answer = stream.send(payload)
             except grpc.RpcError as exc:
                 reply = Reply(None, exc, (start, time.monotonic()))
-                if batch is None and fields_before_damage(payload) > MAX_BATCH_OPS:
+                if batch is None and operations_before_damage(payload) > MAX_BATCH_OPS:
                     expect_invalid(reply, {"operations"}, what)  # counted before parsed
                     return
                 if batch is None:

@@ -67,13 +67,29 @@ def _batch(operations: int) -> bytes:
 
 @pytest.mark.parametrize(("operations", "limit"), [(0, 1), (10, 10), (11, 10), (500, 499)])
 def test_the_wire_count_agrees_with_the_parse(operations: int, limit: int) -> None:
-    assert too_many_operations(_batch(operations), limit) is (operations > limit)
+    refused = too_many_operations(_batch(operations), limit)
+    assert (refused is not None) is (operations > limit)
 
 
 def test_empty_operations_are_counted_without_a_parse() -> None:
     data = b"\x0a\x00" * 4_000_000  # 8 MB of empty operations
-    assert too_many_operations(data, 10_000)
-    assert not too_many_operations(data, 4_000_000)
+    assert too_many_operations(data, 10_000) == "batch has more than 10000 operations"
+    assert too_many_operations(data, 4_000_000) is None
+
+
+def test_overlong_tags_count_as_operations_too() -> None:
+    # protobuf reads 8a 00 as the tag of field 1, so these are 100,000 operations
+    data = b"\x8a\x00\x00" * 100_000
+    assert len(pb.PipelineRequest.FromString(data).operations) == 100_000
+    assert too_many_operations(data, 10_000) == "batch has more than 10000 operations"
+
+
+def test_unknown_fields_are_not_operations_but_cannot_make_a_long_walk() -> None:
+    ops = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))] * 48)
+    few = ops.SerializeToString() + b"\x18\x0a" * 3  # field 3 = 10, three times
+    assert too_many_operations(few, 50) is None
+    many = b"\x18\x0a" * 1_000_000  # a million unknown fields, each with a 0x0a byte
+    assert too_many_operations(many, 10_000) == "batch has more than 40000 fields"
 
 
 def test_payload_newlines_do_not_count_as_operations() -> None:
@@ -82,12 +98,12 @@ def test_payload_newlines_do_not_count_as_operations() -> None:
         operations=[pb.Operation(get=pb.GetOperation(key="\n" * 100))] * 20
     ).SerializeToString()
     assert data.count(b"\n") > 100
-    assert not too_many_operations(data, 20)
-    assert too_many_operations(data, 19)
+    assert too_many_operations(data, 20) is None
+    assert too_many_operations(data, 19) is not None
 
 
 def test_a_malformed_batch_is_left_to_the_parser() -> None:
-    assert not too_many_operations(b"\x0a\xff" * 100, 10)  # lengths past the end
+    assert too_many_operations(b"\x0a\xff" * 100, 10) is None  # lengths past the end
 
 
 def test_a_request_over_its_limit_is_not_parsed() -> None:

@@ -231,11 +231,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     def _check_count(self, data: bytes) -> None:
         """Counted on the wire before anything is parsed: building millions of empty
         operations costs far more than the bytes that carry them (see _wire.py)."""
-        if too_many_operations(data, self._limits.max_batch_ops):
+        reason = too_many_operations(data, self._limits.max_batch_ops)
+        if reason is not None:
             raise InvalidArgumentError(
                 "operations",
-                f"batch has more than {self._limits.max_batch_ops} operations; the limit is "
-                f"{self._limits.max_batch_ops} (CACHEGATE_MAX_BATCH_OPS)",
+                f"{reason}; the limit is {self._limits.max_batch_ops} operations "
+                "(CACHEGATE_MAX_BATCH_OPS)",
             )
 
     def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:

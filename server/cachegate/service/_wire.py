@@ -23,6 +23,7 @@ from typing import Any
 from cachegate.core import LimitSettings
 
 __all__ = [
+    "FIELDS_PER_OPERATION",
     "UNARY_OVERHEAD_BYTES",
     "MessageTooLarge",
     "RequestLimit",
@@ -31,11 +32,15 @@ __all__ = [
     "too_many_operations",
 ]
 
+# Fields of any kind a batch may carry per operation allowed before it is refused
+# unparsed (a PipelineRequest has no field but its operations).
+FIELDS_PER_OPERATION = 4
 # Room in a unary request beyond its key and value: tags, lengths, the TTL, and
 # fields a newer client may add.
 UNARY_OVERHEAD_BYTES = 1024
 
 _OPERATION_TAG = b"\x0a"
+_LONG_TAG = b"\x8a"  # the same tag as an overlong varint starts with this byte
 _COUNT_SLICE = 1024 * 1024  # bytes counted per call (each call holds the GIL)
 
 RequestLimit = tuple[int, str, str]
@@ -102,32 +107,42 @@ def request_limits(limits: LimitSettings) -> dict[str, RequestLimit]:
     }
 
 
-def too_many_operations(data: bytes, limit: int) -> bool:
-    """Whether a PipelineRequest's wire bytes hold more than `limit` top-level fields.
+def too_many_operations(data: bytes, limit: int) -> str | None:
+    """Why a PipelineRequest's wire bytes hold too many operations, or None.
 
-    Every field counts (an unknown one as much as an operation): a batch of more
-    fields than operations allowed is refused either way. Malformed bytes give
-    False here; the parse that follows reports them.
+    An operation is a field 1 record; its tag is the byte 0x0a, or 0x8a followed by
+    more bytes (protobuf accepts an overlong varint), so the two bytes' count bounds
+    the operations from above, in C. Only past the limit are the fields walked, up
+    to limit + 1 operations, or FIELDS_PER_OPERATION times the limit of fields of
+    any kind (a batch has no other fields; a walk must not be made long with them).
+    Malformed bytes give None here: the parse that follows reports them.
     """
     if len(data) <= 2 * limit:
-        return False
+        return None  # an operation takes at least 2 bytes
     # Counted a slice at a time: a count holds the GIL, and once the tags seen pass
     # the limit the rest need not be counted (the walk decides).
     tags = 0
     for start in range(0, len(data), _COUNT_SLICE):
-        tags += data.count(_OPERATION_TAG, start, start + _COUNT_SLICE)
+        stop = start + _COUNT_SLICE
+        tags += data.count(_OPERATION_TAG, start, stop) + data.count(_LONG_TAG, start, stop)
         if tags > limit:
-            return _count_fields(data, limit) > limit
-    return False
+            operations, fields = _count_fields(data, limit, FIELDS_PER_OPERATION * limit)
+            if operations > limit:
+                return f"batch has more than {limit} operations"
+            if fields > FIELDS_PER_OPERATION * limit:
+                return f"batch has more than {FIELDS_PER_OPERATION * limit} fields"
+            return None
+    return None
 
 
-def _count_fields(data: bytes, limit: int) -> int:
-    """Top-level fields in `data`, counted up to limit + 1; -1 when malformed."""
-    pos, end, fields = 0, len(data), 0
+def _count_fields(data: bytes, limit: int, most_fields: int) -> tuple[int, int]:
+    """(operations, fields) at the top level of `data`, counted until the operations
+    pass `limit` or the fields pass `most_fields`; (-1, -1) when malformed first."""
+    pos, end, operations, fields = 0, len(data), 0, 0
     while pos < end:
         tag, pos = _varint(data, pos)
         if tag < 0:
-            return -1
+            return -1, -1
         wire_type = tag & 7
         if wire_type == 0:
             _, pos = _varint(data, pos)
@@ -136,18 +151,20 @@ def _count_fields(data: bytes, limit: int) -> int:
         elif wire_type == 2:
             length, pos = _varint(data, pos)
             if length < 0:
-                return -1
+                return -1, -1
             pos += length
+            if tag == 10:  # field 1, length-delimited: an operation
+                operations += 1
         elif wire_type == 5:
             pos += 4
         else:  # groups (deprecated) or garbage: let the parser say which
-            return -1
+            return -1, -1
         if pos < 0 or pos > end:
-            return -1
+            return -1, -1
         fields += 1
-        if fields > limit:
+        if operations > limit or fields > most_fields:
             break
-    return fields
+    return operations, fields
 
 
 def _largest_field(data: bytes, most_fields: int = 64) -> int:
