@@ -52,7 +52,6 @@ def test_oversized_unary(
             "--deadline",
             "30",
         )
-    after_mb = {pid: (memory.peak_kb.get(pid, 0)) / 1024 for pid in workers_before}
     workers_after = sorted(gateway_pids(gateway))
     lost = lost_writes(gateway, bystander.load.acked)
     report(
@@ -64,7 +63,6 @@ def test_oversized_unary(
             notes=f"attacker calls {result['status']}; {result['messages']}",
         )
     )
-    del after_mb
     assert not memory.killed, f"killed at the 3 GB guard: {memory.killed}"
     assert gateway.alive(), "the gateway died"
     assert workers_after == workers_before, "a worker died"
