@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from cachegate.core import load_config
-from cachegate.pool import PartialRead, RedisConnectionPool, TooLarge
+from cachegate.pool import CommandError, PartialRead, RedisConnectionPool, TooLarge
 from redisprocs import ClusterSetup, RedisProcess
 
 MIB = 1024 * 1024
@@ -121,5 +121,27 @@ def test_a_redis_user_without_scripts_gets_the_same_answers(redis_server: RedisP
         for _ in range(2):  # the first refusal switches scripts off; the second never asks
             values = pool.get_many(keys, max_bytes=MIB + 10)
             assert values == [b"s", b"b" * MIB, TooLarge(MIB), None, None]
+    finally:
+        pool.close()
+
+
+def test_a_redis_user_without_strlen_gets_an_error_not_misses(redis_server: RedisProcess) -> None:
+    """README's older ACL (no STRLEN, no scripts): a bounded read fails loudly."""
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "nostrlen",
+        enabled=True,
+        passwords=["+secret-password"],
+        keys=["*"],
+        commands=["-@all", "+get", "+mget", "+setex", "+del", "+ping", "+evalsha", "+eval"],
+    )
+    admin.set("big", b"b" * MIB)
+    url = f"redis://nostrlen:secret-password@127.0.0.1:{redis_server.port}/0"
+    pool = RedisConnectionPool(load_config({"CACHEGATE_BACKEND": "redis", "REDIS_URL": url}))
+    try:
+        for _ in range(2):  # through the script, then (scripts off) through the pipeline
+            with pytest.raises(CommandError, match="no permissions to run the 'strlen'"):
+                pool.get_many(["big", "big", "missing"], max_bytes=MIB + 10)
+        assert pool.get_many(["big"], max_bytes=MIB + 10) == [b"b" * MIB]  # fits: MGET
     finally:
         pool.close()

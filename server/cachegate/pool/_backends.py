@@ -214,6 +214,11 @@ def _check_health(conn: Any, timeout: float) -> None:
             raise redis.ConnectionError("Bad response from PING health check")
 
 
+def _wrong_type(exc: Exception) -> bool:
+    """A WRONGTYPE reply: the key holds another type (a miss for MGET's rule)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
     """Runs of GET become one MGET; spans[i] is how many GETs wire[i] answers (0: not an MGET).
 
@@ -366,11 +371,16 @@ class ConnectionBackend:
             conn.pack_commands([("STRLEN", key) for key in distinct]), check_health=False
         )
         sizes: dict[str | bytes, int] = {}
-        for key in distinct:
+        refused: redis.ResponseError | None = None
+        for key in distinct:  # every reply is read, so the connection stays in step
             try:
                 sizes[key] = int(conn.read_response(timeout=timeout))
-            except redis.ResponseError:  # another type: a miss, as MGET says
-                sizes[key] = -1
+            except redis.ResponseError as exc:
+                sizes[key] = -1  # another type: a miss, as MGET says
+                if not _wrong_type(exc):
+                    refused = exc
+        if refused is not None:  # NOPERM and the like: never read as misses
+            raise refused
         return [sizes[key] for key in keys]
 
     @staticmethod
@@ -689,6 +699,9 @@ class ClusterBackend:
         for key in distinct:
             pipe.strlen(key)
         replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not _wrong_type(reply):
+                raise reply  # NOPERM, an unreachable node: never read as misses
         sizes = {
             key: -1 if isinstance(reply, Exception) else int(reply)
             for key, reply in zip(distinct, replies, strict=True)

@@ -54,7 +54,8 @@ class PartialRead(list[Any]):
 
 
 BOUNDED_READ_LUA = """
--- Sizes first: STRLEN of every key (a key of another type counts as a miss, -1),
+-- Sizes first: STRLEN of every key (a key of another type counts as a miss, -1;
+-- any other error, NOPERM say, ends the script with it),
 -- which costs Redis no copy. Only when their total fits ARGV[1] are the values
 -- read (MGET, a few thousand keys at a time: unpack() takes no more), and the
 -- reply is MGET's followed by their total size. Otherwise it is the sizes followed
@@ -65,7 +66,10 @@ local n = #KEYS
 local sizes, total = {}, 0
 for i = 1, n do
   local size = redis.pcall('STRLEN', KEYS[i])
-  if type(size) ~= 'number' then
+  if type(size) == 'table' then
+    if not string.find(size.err or '', 'WRONGTYPE', 1, true) then
+      return redis.error_reply(size.err or 'STRLEN failed') -- NOPERM and the like
+    end
     size = -1
   else
     total = total + size
