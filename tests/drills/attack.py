@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from drills.harness import DrillRow, Gateway
-from drills.load import Load, Summary, percentile, summarize
+from drills.load import Load, Summary, percentile, read_back, summarize
 
 __all__ = [
     "CONTAINER_LIMIT_KB",
@@ -33,6 +33,7 @@ __all__ = [
     "attack_row",
     "cpu_seconds",
     "gateway_pids",
+    "lost_writes",
     "rss_kb",
     "thread_count",
     "workers_env",
@@ -91,6 +92,18 @@ def gateway_pids(gateway: Gateway) -> list[int]:
     return [gateway.pid, *_children(gateway.pid)]
 
 
+def lost_writes(gateway: Gateway, acked: dict[str, bytes]) -> list[str]:
+    """Acknowledged writes the gateway no longer returns (read_back); when it cannot
+    answer at all (dead, breaker open), one entry saying why, so the drill still
+    reports its figures and then fails."""
+    if not gateway.alive():
+        return ["(gateway dead)"]
+    try:
+        return read_back(gateway.target, acked)
+    except AssertionError as exc:
+        return [f"(unreadable: {str(exc)[:120]})"]
+
+
 def workers_env(redis_url: str, workers: int = 2, **extra: str) -> dict[str, str]:
     """The environment of an attacked gateway: `workers` processes on a Redis backend."""
     return {
@@ -111,8 +124,11 @@ class MemoryWatch:
         interval: float = 0.05,
         max_seconds: float = 120.0,
         kill_above_kb: int = CONTAINER_LIMIT_KB,
+        also: Sequence[int] = (),
     ) -> None:
         self._gateway = gateway
+        # Other processes the attack can grow (a redis-server): watched and guarded alike.
+        self._also = tuple(also)
         self._interval = interval
         self._max_seconds = max_seconds
         self._kill_above_kb = kill_above_kb
@@ -123,7 +139,7 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
 
     def _sample(self) -> None:
-        for pid in gateway_pids(self._gateway):
+        for pid in (*gateway_pids(self._gateway), *self._also):
             value = rss_kb(pid)
             if value is None:
                 continue
@@ -153,9 +169,14 @@ class MemoryWatch:
     @property
     def worker_peaks_mb(self) -> dict[int, float]:
         """Peak RSS in MB per process other than the supervisor (all of them when the
-        gateway runs as one process)."""
-        peaks = {pid: kb / 1024 for pid, kb in self.peak_kb.items() if pid != self._gateway.pid}
-        return peaks or {pid: kb / 1024 for pid, kb in self.peak_kb.items()}
+        gateway runs as one process); the `also` processes are not workers."""
+        mine = {p: kb for p, kb in self.peak_kb.items() if p not in self._also}
+        peaks = {pid: kb / 1024 for pid, kb in mine.items() if pid != self._gateway.pid}
+        return peaks or {pid: kb / 1024 for pid, kb in mine.items()}
+
+    def peak_mb(self, pid: int) -> float:
+        """Peak RSS in MB of one watched process (e.g. one passed as `also`)."""
+        return self.peak_kb.get(pid, 0) / 1024
 
     @property
     def max_worker_mb(self) -> float:

@@ -66,6 +66,8 @@ Window = tuple[float, float]  # (monotonic time before a request was sent, after
 
 MAX_KEY_BYTES = 64
 MAX_VALUE_BYTES = 256
+# A unary request larger than this is refused on its size, never parsed (service/_wire.py).
+UNARY_REQUEST_LIMIT = MAX_KEY_BYTES + MAX_VALUE_BYTES + 1024
 MAX_BATCH_OPS = 50
 MAX_STREAMS = 8
 SERVER_ENV = {
@@ -848,6 +850,53 @@ class Stream:
         self._end()
 
 
+def operations_before_damage(payload: bytes | pb.PipelineRequest) -> int:
+    """Operations (field 1 records) that are whole on the wire before the first
+    damaged field.
+
+    The server counts a batch's operations before parsing it, so a batch with more
+    than the limit of them is refused for its size even when its tail would not decode.
+    """
+    if not isinstance(payload, bytes):
+        return 0
+    data, pos, operations = payload, 0, 0
+
+    def varint(at: int) -> tuple[int, int] | None:
+        value = shift = 0
+        while at < len(data) and shift < 64:
+            byte = data[at]
+            value |= (byte & 0x7F) << shift
+            at += 1
+            if byte < 0x80:
+                return value, at
+            shift += 7
+        return None
+
+    while pos < len(data):
+        tag = varint(pos)
+        if tag is None:
+            return operations
+        wire_type, pos = tag[0] & 7, tag[1]
+        if wire_type == 0:
+            skip = varint(pos)
+            if skip is None:
+                return operations
+            pos = skip[1]
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length = varint(pos)
+            if length is None:
+                return operations
+            pos = length[1] + length[0]
+        else:
+            return operations
+        if pos > len(data):
+            return operations
+        operations += tag[0] == 10
+    return operations
+
+
 def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending: str) -> None:
     """Send `payloads` on one stream (messages, or raw bytes) and check every answer."""
     raw = any(isinstance(p, bytes) for p in payloads)
@@ -861,6 +910,9 @@ def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending
                 answer = stream.send(payload)
             except grpc.RpcError as exc:
                 reply = Reply(None, exc, (start, time.monotonic()))
+                if batch is None and operations_before_damage(payload) > MAX_BATCH_OPS:
+                    expect_invalid(reply, {"operations"}, what)  # counted before parsed
+                    return
                 if batch is None:
                     expect_undecodable_answer(reply, "Pipeline", what)
                     return
@@ -1015,6 +1067,12 @@ def test_malformed_unary_requests(fuzz_target: Target, rpc: str, payload: bytes)
     count_case(t, "malformed_unary")
     since = len(t.log.records)
     send = sent_raw(t, method, payload, response_type)
+    if len(payload) > UNARY_REQUEST_LIMIT and rpc in ("Get", "SetEx", "Delete", "Stats"):
+        reply = call(send)
+        assert reply.code is INVALID_ARGUMENT, f"{rpc}: {reply.code.name} {reply.details!r}"
+        assert f"at most {UNARY_REQUEST_LIMIT} bytes" in (reply.details or ""), reply.details
+        check_get(t, SENTINEL_PREFIX + "plain")
+        return
     if request is None:
         expect_undecodable_answer(call(send), rpc, f"{rpc}({payload!r})")
         check_get(t, SENTINEL_PREFIX + "plain")  # still up, data intact

@@ -145,6 +145,10 @@ class LimitSettings:
     stream_idle_seconds: float = 30.0
     # HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
     max_streams_per_connection: int = 100
+    # Request and reply bytes one worker may hold at once (see service/_budget.py).
+    memory_budget_bytes: int = 128 * 1024 * 1024
+    # How long one Pipeline reply may wait for a caller that does not read it.
+    send_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +383,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_MAX_STREAMS", "limits", "max_streams", "100",
             "Pipeline streams open at once; more get RESOURCE_EXHAUSTED", _int(1)),
     Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
-            "16777216", "largest request message accepted", _int(1024)),
+            "16777216", "largest Pipeline batch and largest reply, in bytes (a unary request "
+            "may hold a key, a value and a little more)", _int(1024)),
+    Setting("CACHEGATE_MEMORY_BUDGET_BYTES", "limits", "memory_budget_bytes", "134217728",
+            "request and reply bytes one worker holds at once; past it, calls and operations "
+            "get RESOURCE_EXHAUSTED (the default suits a 512 MiB container with 2 workers)",
+            _int(1024 * 1024)),
+    Setting("CACHEGATE_SEND_TIMEOUT", "limits", "send_timeout", "10",
+            "seconds a Pipeline reply may wait for a caller that does not read it; then the "
+            "stream ends with RESOURCE_EXHAUSTED", _float(positive=True)),
     Setting("CACHEGATE_STREAM_SHARE", "limits", "stream_share", "0.25",
             "share of CACHEGATE_MAX_STREAMS one caller may hold in each process (a tenant "
             "with tokens, else a client IP address; at least 1 stream); 1 = no share",
@@ -565,6 +577,12 @@ def load_config(env: Mapping[str, str], *, default_backend: BackendKind = "memor
             f"CACHEGATE_MAX_STREAMS={limits['max_streams']!r}: must be below "
             f"CACHEGATE_MAX_CONCURRENT_RPCS ({limits['max_concurrent_rpcs']}), or streams "
             "could hold every server thread"
+        )
+    if limits["memory_budget_bytes"] < 2 * limits["max_receive_message_bytes"]:
+        raise ConfigError(
+            f"CACHEGATE_MEMORY_BUDGET_BYTES={limits['memory_budget_bytes']!r}: must be at least "
+            f"twice CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES ({limits['max_receive_message_bytes']}), "
+            "or the largest batch or reply could never be held"
         )
     retry = sections["retry"]
     if retry["backoff_cap"] < retry["backoff_base"]:

@@ -11,6 +11,7 @@ Exceptions are drawn in `cachegate.pool._errors`.
 """
 
 from cachegate.core import CircuitOpenError
+from cachegate.pool._bounded import PartialRead, TooLarge
 from cachegate.pool._errors import (
     CacheError,
     CommandError,
@@ -26,11 +27,13 @@ __all__ = [
     "CacheError",
     "CircuitOpenError",
     "CommandError",
+    "PartialRead",
     "PoolExhaustedError",
     "RedisConnectionPool",
     "RedisOutOfMemoryError",
     "RedisTimeoutError",
     "RedisUnavailableError",
+    "TooLarge",
     "close_redis_pool",
     "get_redis_pool",
 ]

@@ -11,7 +11,9 @@ redis-py's Sentinel supplies a pool that follows the master); cluster uses
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,15 +24,25 @@ import hiredis
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from cachegate.core import Config
+from cachegate.pool._bounded import (
+    BOUNDED_READ_LUA,
+    LUA_COPY_BYTES,
+    read_known,
+    script_sizes,
+    worst_case_fits,
+)
 from cachegate.pool._parking import ParkingPool
 
 __all__ = ["Backend", "PoolCounts", "ServerInfo", "make_backend"]
 
 Command = Sequence[Any]
+
+log = logging.getLogger("cachegate.pool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +73,20 @@ class Backend(Protocol):
         """Run one command; wait at most `timeout` seconds for its reply."""
         ...
 
-    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
-        """Run commands as one pipeline; an error reply stands in its place as an exception."""
+    def run_batch(
+        self, commands: Sequence[Command], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
+        """Run commands as one pipeline; an error reply stands in its place as an exception.
+
+        With `max_bytes`, the values its GETs return add up to at most that many bytes;
+        a value left out stands as TooLarge (see _bounded.py).
+        """
         ...
 
-    def get_many(self, keys: Sequence[str | bytes], timeout: float) -> list[Any]:
-        """Values of `keys`, in order, None for a miss."""
+    def get_many(
+        self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
+        """Values of `keys`, in order, None for a miss; with `max_bytes`, as run_batch."""
         ...
 
     def counts(self) -> PoolCounts: ...
@@ -194,6 +214,11 @@ def _check_health(conn: Any, timeout: float) -> None:
             raise redis.ConnectionError("Bad response from PING health check")
 
 
+def _wrong_type(exc: Exception) -> bool:
+    """A WRONGTYPE reply: the key holds another type (a miss for MGET's rule)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
     """Runs of GET become one MGET; spans[i] is how many GETs wire[i] answers (0: not an MGET).
 
@@ -228,8 +253,18 @@ class ConnectionBackend:
         pool: redis.ConnectionPool,
         info: Callable[[ConnectionBackend, float], ServerInfo] | None = None,
         rewrite: Callable[[Command], Command] | None = None,
+        *,
+        value_limit: int = 1024 * 1024,
+        scripts: bool = True,
     ) -> None:
         self.kind = kind
+        self._value_limit = value_limit
+        # Lua bounded reads; switched off for good when Redis refuses them (an ACL
+        # without EVALSHA): the chunked reads need only MGET, STRLEN and GET.
+        self._scripts = scripts
+        self._script_sha = hashlib.sha1(
+            BOUNDED_READ_LUA.encode(), usedforsecurity=False
+        ).hexdigest()  # Redis names scripts by SHA-1
         self._rewrite = rewrite
         self._pool = pool
         self._client = redis.Redis(connection_pool=pool)
@@ -253,13 +288,20 @@ class ConnectionBackend:
         callback = self._callback(command)
         return callback(response) if callback else response
 
-    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+    def run_batch(
+        self, commands: Sequence[Command], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
         # Consecutive GETs go as one MGET (order kept, one reply to parse instead of
         # one per key): the batch path's biggest saving. Only consecutive runs, so a
         # SETEX followed by a GET of the same key still reads the new value.
         if self._rewrite is not None:
             commands = [self._rewrite(command) for command in commands]
         wire, spans = _coalesce_gets(commands)
+        if max_bytes is not None and not worst_case_fits(sum(spans), self._value_limit, max_bytes):
+            # Each run of gets is read within what is left of the bound, after the
+            # commands before it (a run's size is known only once it is read).
+            with self._connection(timeout) as conn:
+                return self._run_segments(conn, wire, spans, timeout, max_bytes)
         replies: list[Any] = []
         with self._connection(timeout) as conn:
             conn.send_packed_command(conn.pack_commands(wire), check_health=False)
@@ -279,15 +321,141 @@ class ConnectionBackend:
                 results.append(callback(reply) if callback else reply)
         return results
 
-    def get_many(self, keys: Sequence[str | bytes], timeout: float) -> list[Any]:
+    def get_many(
+        self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
         # hiredis packs the whole MGET in C; redis-py's own packer first walks every
         # argument in Python, which costs more than the read itself at batch sizes.
         # hiredis's stub types the argument as a 1-tuple; it packs any number of them.
-        packed = hiredis.pack_command(("MGET", *keys))  # type: ignore[arg-type]
+        if worst_case_fits(len(keys), self._value_limit, max_bytes) or max_bytes is None:
+            packed = hiredis.pack_command(("MGET", *keys))  # type: ignore[arg-type]
+            with self._connection(timeout) as conn:
+                conn.send_packed_command([packed], check_health=False)
+                result: list[Any] = conn.read_response(timeout=timeout)
+            return result
         with self._connection(timeout) as conn:
-            conn.send_packed_command([packed], check_health=False)
-            result: list[Any] = conn.read_response(timeout=timeout)
-        return result
+            return self._read_bounded(conn, keys, timeout, max_bytes)
+
+    def _read_bounded(
+        self, conn: Any, keys: Sequence[str | bytes], timeout: float, max_bytes: int
+    ) -> list[Any]:
+        if worst_case_fits(len(keys), self._value_limit, max_bytes):
+            conn.send_command("MGET", *keys, check_health=False)
+            values: list[Any] = conn.read_response(timeout=timeout)
+            return values
+        if self._scripts:
+            reply = self._bounded_script(conn, keys, timeout, min(max_bytes, LUA_COPY_BYTES))
+            if reply is not None:
+                sizes, _, are_values = script_sizes(reply)
+                if are_values:
+                    return sizes
+                return read_known(
+                    keys,
+                    sizes,
+                    max_bytes,
+                    self._value_limit,
+                    lambda chunk: self._ask(conn, timeout, "MGET", *chunk),
+                )
+        return read_known(
+            keys,
+            self._sizes(conn, keys, timeout),
+            max_bytes,
+            self._value_limit,
+            lambda chunk: self._ask(conn, timeout, "MGET", *chunk),
+        )
+
+    def _sizes(self, conn: Any, keys: Sequence[str | bytes], timeout: float) -> list[int]:
+        """STRLEN of each key, as one pipeline of the distinct ones (-1: another type)."""
+        distinct = list(dict.fromkeys(keys))
+        conn.send_packed_command(
+            conn.pack_commands([("STRLEN", key) for key in distinct]), check_health=False
+        )
+        sizes: dict[str | bytes, int] = {}
+        refused: redis.ResponseError | None = None
+        for key in distinct:  # every reply is read, so the connection stays in step
+            try:
+                sizes[key] = int(conn.read_response(timeout=timeout))
+            except redis.ResponseError as exc:
+                sizes[key] = -1  # another type: a miss, as MGET says
+                if not _wrong_type(exc):
+                    refused = exc
+        if refused is not None:  # NOPERM and the like: never read as misses
+            raise refused
+        return [sizes[key] for key in keys]
+
+    @staticmethod
+    def _ask(conn: Any, timeout: float, *command: Any) -> Any:
+        conn.send_command(*command, check_health=False)
+        return conn.read_response(timeout=timeout)
+
+    def _bounded_script(
+        self, conn: Any, keys: Sequence[str | bytes], timeout: float, max_bytes: int
+    ) -> list[Any] | None:
+        """The bounded script's reply, or None when Redis will not run scripts for us."""
+        tail = (len(keys), *keys, max_bytes)
+        packed = hiredis.pack_command(("EVALSHA", self._script_sha, *tail))  # type: ignore[arg-type]
+        conn.send_packed_command([packed], check_health=False)
+        try:
+            reply: list[Any] = conn.read_response(timeout=timeout)
+            return reply
+        except NoScriptError:  # a fresh or restarted Redis: EVAL loads it
+            conn.send_command("EVAL", BOUNDED_READ_LUA, *tail, check_health=False)
+            try:
+                loaded: list[Any] = conn.read_response(timeout=timeout)
+            except redis.ResponseError as exc:
+                self._no_scripts(exc)
+            else:
+                return loaded
+        except redis.ResponseError as exc:  # NOPERM, scripting disabled
+            self._no_scripts(exc)
+        return None
+
+    def _no_scripts(self, exc: Exception) -> None:
+        self._scripts = False
+        log.warning(
+            "Redis refused the bounded-read script; large batches of gets are read in "
+            "chunks instead (allow EVALSHA, EVAL and STRLEN to keep them one round trip)",
+            extra={"error": str(exc)},
+        )
+
+    def _run_segments(
+        self,
+        conn: Any,
+        wire: Sequence[Command],
+        spans: Sequence[int],
+        timeout: float,
+        max_bytes: int,
+    ) -> list[Any]:
+        """run_batch without scripts: the commands before each run of gets go as one
+        pipeline, then the run is read in chunks within what is left of the bound."""
+        results: list[Any] = []
+        pending: list[Command] = []
+        room = max_bytes
+
+        def flush() -> None:
+            if not pending:
+                return
+            conn.send_packed_command(conn.pack_commands(pending), check_health=False)
+            for command in pending:
+                try:
+                    reply = conn.read_response(timeout=timeout)
+                except redis.ResponseError as exc:
+                    results.append(exc)
+                    continue
+                callback = self._callback(command)
+                results.append(callback(reply) if callback else reply)
+            pending.clear()
+
+        for command, span in zip(wire, spans, strict=True):
+            if not span:
+                pending.append(command)
+                continue
+            flush()
+            values = self._read_bounded(conn, command[1:], timeout, room)
+            room -= sum(len(v) for v in values if isinstance(v, bytes))
+            results.extend(values)
+        flush()
+        return results
 
     @contextlib.contextmanager
     def _connection(self, timeout: float) -> Iterator[Any]:
@@ -385,7 +553,15 @@ def _memory(config: Config) -> ConnectionBackend:
         max_connections=config.pool.max_connections,
         retry=_no_retry(),
     )
-    return ConnectionBackend("memory", pool, _memory_info, _setex_as_set)
+    # fakeredis runs Lua only with the optional lupa package: bounded reads go in chunks.
+    return ConnectionBackend(
+        "memory",
+        pool,
+        _memory_info,
+        _setex_as_set,
+        value_limit=config.limits.max_value_bytes,
+        scripts=False,
+    )
 
 
 def _standalone(config: Config) -> ConnectionBackend:
@@ -399,7 +575,7 @@ def _standalone(config: Config) -> ConnectionBackend:
         max_connections=config.pool.max_connections,
         **kwargs,
     )
-    return ConnectionBackend("redis", pool)
+    return ConnectionBackend("redis", pool, value_limit=config.limits.max_value_bytes)
 
 
 def _sentinel(config: Config) -> ConnectionBackend:
@@ -424,7 +600,9 @@ def _sentinel(config: Config) -> ConnectionBackend:
         max_connections=pool_settings.max_connections,
         **kwargs,
     )
-    return ConnectionBackend("sentinel", client.connection_pool)
+    return ConnectionBackend(
+        "sentinel", client.connection_pool, value_limit=config.limits.max_value_bytes
+    )
 
 
 class ClusterBackend:
@@ -454,6 +632,7 @@ class ClusterBackend:
             **kwargs,
         )
         self._lock = threading.Lock()
+        self._value_limit = config.limits.max_value_bytes
 
     @property
     def client(self) -> RedisCluster:
@@ -463,7 +642,40 @@ class ClusterBackend:
         # RedisCluster has no per-call read timeout: REDIS_SOCKET_TIMEOUT bounds each read.
         return self._client.execute_command(*command)
 
-    def run_batch(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+    def run_batch(
+        self, commands: Sequence[Command], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
+        gets = sum(1 for command in commands if command[0] == "GET")
+        if max_bytes is not None and not worst_case_fits(gets, self._value_limit, max_bytes):
+            return self._run_segments(commands, max_bytes)
+        return self._pipeline(commands)
+
+    def _run_segments(self, commands: Sequence[Command], max_bytes: int) -> list[Any]:
+        """The commands before each run of gets as one pipeline, then the run read in
+        chunks within what is left of the bound (a run's keys span slots: no script)."""
+        results: list[Any] = []
+        pending: list[Command] = []
+        run: list[Any] = []
+        room = max_bytes
+        for command in [*commands, ("END",)]:
+            if command[0] == "GET":
+                if pending:
+                    results.extend(self._pipeline(pending))
+                    pending = []
+                run.append(command[1])
+                continue
+            if run:
+                values = self.get_many(run, 0.0, room)
+                room -= sum(len(v) for v in values if isinstance(v, bytes))
+                results.extend(values)
+                run = []
+            if command[0] != "END":
+                pending.append(command)
+        if pending:
+            results.extend(self._pipeline(pending))
+        return results
+
+    def _pipeline(self, commands: Sequence[Command]) -> list[Any]:
         # ClusterPipeline splits the batch by slot and sends one pipeline per node.
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
@@ -474,10 +686,33 @@ class ClusterBackend:
                 raise reply
         return replies
 
-    def get_many(self, keys: Sequence[str | bytes], timeout: float) -> list[Any]:
+    def get_many(
+        self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
+    ) -> list[Any]:
         # One MGET per slot, sent as a pipeline per node (a plain MGET would be CROSSSLOT).
-        result: list[Any] = self._client.mget_nonatomic(list(keys))
-        return result
+        if worst_case_fits(len(keys), self._value_limit, max_bytes) or max_bytes is None:
+            result: list[Any] = self._client.mget_nonatomic(list(keys))
+            return result
+
+        distinct = list(dict.fromkeys(keys))
+        pipe = self._client.pipeline(transaction=False)
+        for key in distinct:
+            pipe.strlen(key)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not _wrong_type(reply):
+                raise reply  # NOPERM, an unreachable node: never read as misses
+        sizes = {
+            key: -1 if isinstance(reply, Exception) else int(reply)
+            for key, reply in zip(distinct, replies, strict=True)
+        }
+        return read_known(
+            keys,
+            [sizes[key] for key in keys],
+            max_bytes,
+            self._value_limit,
+            lambda chunk: list(self._client.mget_nonatomic(list(chunk))),
+        )
 
     def _pools(self) -> list[redis.ConnectionPool]:
         return [

@@ -145,7 +145,11 @@ class RedisConnectionPool:
         return result
 
     def execute_many(
-        self, commands: Sequence[Sequence[Any]], *, timeout: float | None = None
+        self,
+        commands: Sequence[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        max_bytes: int | None = None,
     ) -> list[Any]:
         """Run a batch as one pipeline (one round trip where the backend allows).
 
@@ -155,7 +159,9 @@ class RedisConnectionPool:
         the batch as a whole; it is retried only when every command is idempotent.
         Command names must be upper case here (the hot path does not normalise them).
         Runs of GETs may be served by one MGET, where a key holding another type
-        reads as None instead of failing with WRONGTYPE.
+        reads as None instead of failing with WRONGTYPE. With `max_bytes`, the
+        values read add up to at most that many bytes, and Redis is never asked for
+        more: a value left out stands as `TooLarge` (its size).
         """
         if not commands:
             return []
@@ -165,7 +171,7 @@ class RedisConnectionPool:
         if durable:
             sent = [*commands, ("WAIT", self._wait_replicas, self._wait_timeout_ms)]
         replies = self._with_retries(
-            lambda read_timeout: self._backend.run_batch(sent, read_timeout),
+            lambda read_timeout: self._backend.run_batch(sent, read_timeout, max_bytes),
             Deadline.after(timeout, self._clock),
             retryable=all(str(name).upper() in IDEMPOTENT for name in names),
             # WAIT may block for its whole timeout: that is Redis doing as asked,
@@ -189,15 +195,23 @@ class RedisConnectionPool:
             self._counters.reads(hits, misses)
         return replies
 
-    def get_many(self, keys: Sequence[str | bytes], *, timeout: float | None = None) -> list[Any]:
+    def get_many(
+        self,
+        keys: Sequence[str | bytes],
+        *,
+        timeout: float | None = None,
+        max_bytes: int | None = None,
+    ) -> list[Any]:
         """Read many keys in one round trip (MGET; slot by slot on Cluster); None for a miss.
 
         A key holding another type reads as None (MGET's rule), not as WRONGTYPE.
+        With `max_bytes`, as execute_many: at most that many bytes of values, the
+        rest `TooLarge` (see _bounded.py).
         """
         if not keys:
             return []
         values: list[Any] = self._with_retries(
-            lambda read_timeout: self._backend.get_many(keys, read_timeout),
+            lambda read_timeout: self._backend.get_many(keys, read_timeout, max_bytes),
             Deadline.after(timeout, self._clock),
             retryable=True,
         )

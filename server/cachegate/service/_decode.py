@@ -20,6 +20,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from cachegate.service._wire import RequestLimit, limited
+
 __all__ = ["Undecodable", "add_service", "handler_factory", "undecodable_message"]
 
 
@@ -89,12 +91,15 @@ def add_service(
     *,
     guarded: bool = True,
     raw: frozenset[str] = frozenset(),
+    limits: Mapping[str, RequestLimit] | None = None,
 ) -> None:
     """Register `behaviors` (method name -> servicer method) for `service`.
 
     With guarded=False the behaviors receive Undecodable themselves (the cache
     servicer does, so its metrics and error mapping see the bad request too).
     Methods named in `raw` get the request bytes unparsed (they parse themselves).
+    `limits` maps a method to its own request size limit and the setting behind it:
+    a larger request reaches the behavior as MessageTooLarge, never parsed.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -102,6 +107,9 @@ def add_service(
         request: Callable[[bytes], Any] | None = None
         if method.name not in raw:
             request = _tolerant(message_factory.GetMessageClass(method.input_type))
+            if limits and method.name in limits:
+                names = {f.number: f.name for f in method.input_type.fields}
+                request = limited(request, method.input_type.full_name, limits[method.name], names)
         response = message_factory.GetMessageClass(method.output_type).SerializeToString
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:

@@ -29,6 +29,7 @@ from cachegate.service._servicer import CacheServicer
 from cachegate.service._status import INTERNAL, ShuttingDownError, abort, status_for
 from cachegate.service._threads import RpcThreadPool
 from cachegate.service._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
+from cachegate.service._wire import request_limits
 from cachegate.v1 import admin_pb2, cache_pb2
 
 __all__ = [
@@ -269,6 +270,7 @@ def create_server(
         behaviors,
         guarded=False,
         raw=frozenset({"Pipeline"}),
+        limits=request_limits(limits),
     )
     services = [
         cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,

@@ -13,13 +13,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from cachegate.core import LimitSettings
-from cachegate.pool import CacheError, RedisConnectionPool
+from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
 from cachegate.service._admin import breaker_stats
 from cachegate.service._auth import Identity, TokenTable
+from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
 from cachegate.service._decode import Undecodable, undecodable_message
 from cachegate.service._fastpath import get_only_keys
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
+from cachegate.service._replies import ReplyBudget, too_large_indexes
+from cachegate.service._sendwatch import SendWatch, end_call
 from cachegate.service._status import (
     INTERNAL,
     InvalidArgumentError,
@@ -31,6 +34,7 @@ from cachegate.service._status import (
     status_for,
 )
 from cachegate.service._streams import StreamGate, caller_of, status_closer
+from cachegate.service._wire import MessageTooLarge, too_many_operations
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 
@@ -42,6 +46,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 _INVALID_ARGUMENT = code_number(grpc.StatusCode.INVALID_ARGUMENT)
+_RESOURCE_EXHAUSTED = code_number(grpc.StatusCode.RESOURCE_EXHAUSTED)
 _VALUE, _NOT_FOUND, _EMPTY = pb.OUTCOME_VALUE, pb.OUTCOME_NOT_FOUND, b""
 
 
@@ -69,6 +74,8 @@ def _unary(
                 raise ShuttingDownError
             if isinstance(request, Undecodable):
                 raise InvalidArgumentError("request", undecodable_message(request))
+            if isinstance(request, MessageTooLarge):  # never parsed: a bad request
+                raise InvalidArgumentError(request.field, request.message())
             response = method(self, request, context)
         except Exception as exc:
             rejection = _rejection(exc, name)
@@ -107,6 +114,15 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._worker_id = worker_id
         self._workers = workers
         self._draining = False
+        # Every request and reply byte a caller can make this worker hold is counted
+        # here; replies are bounded per reply and per worker (see _replies.py).
+        self._budget = MemoryBudget(limits.memory_budget_bytes)
+        self._replies = ReplyBudget(self._budget, limits)
+        self._sends = SendWatch(limits.send_timeout, self._reply_unread)
+        # Replies whose values outgrow the first read are built one at a time: they
+        # hold the GIL for milliseconds (copies of megabytes), and one at a time
+        # leaves the rest of the worker's time to every other caller.
+        self._large_replies = threading.Lock()
 
     @property
     def draining(self) -> bool:
@@ -140,9 +156,14 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         if tenant is not None:
             key = tenant.prefix.encode() + key
             self._tenants.add(tenant.tenant, 1, 0, 0)
-        self._pool.execute(
-            "SETEX", key, request.ttl_seconds, request.value, timeout=context.time_remaining()
-        )
+        # A large value is copied again on its way to Redis: it needs room in the budget.
+        held = self._replies.hold_request(len(request.value), context)
+        try:
+            self._pool.execute(
+                "SETEX", key, request.ttl_seconds, request.value, timeout=context.time_remaining()
+            )
+        finally:
+            self._budget.release(held)
         return pb.SetExResponse()
 
     @_unary
@@ -178,26 +199,61 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             # back, so a fast sender never makes us buffer without bound. Requests come
             # as bytes: a batch of plain gets skips the full parse (see _fastpath).
             for data in request_iterator:
+                # The batch's bytes count against the budget until its reply is built;
+                # the reply's count until grpc has sent it (it asks for the next one).
+                held = 0
                 try:
+                    self._check_count(data)  # before any memory is taken for it
+                    if not self._budget.reserve(
+                        len(data) * REQUEST_COPIES, self._replies.wait(context)
+                    ):
+                        raise TooBusyError(self._replies.full_message("batch"))
+                    held = len(data) * REQUEST_COPIES
                     parsed = self._parse_batch(data)
-                except InvalidArgumentError as exc:
+                    if isinstance(parsed, list):  # gets only: the fast path
+                        keys = [namespace + key for key in parsed] if namespace else parsed
+                        reply, kept = self._get_batch(keys, context)
+                    else:
+                        reply, kept = self._run_batch(parsed, context, prefix)
+                except (InvalidArgumentError, TooBusyError) as exc:
                     rejection = _rejection(exc, "Pipeline")
                     code = rejection.code
                     abort(context, rejection)
-                if isinstance(parsed, list):  # gets only: the fast path
-                    keys = [namespace + key for key in parsed] if namespace else parsed
-                    reply = self._get_batch(keys, context)
-                else:
-                    reply = self._run_batch(parsed, context, prefix)
+                finally:
+                    self._budget.release(held)
                 if tenant is not None:
                     self._count_batch(tenant.tenant, reply)
-                yield reply
+                sending = self._sends.arm(context)
+                try:
+                    yield reply
+                finally:
+                    self._sends.disarm(sending)
+                    self._budget.release(kept)
             code = grpc.StatusCode.OK
         finally:
             self._streams.release(stream)
             if stream.idle_closed:  # the watchdog ended it (see _streams)
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
             self._observer.handled("Pipeline", code, time.perf_counter() - start)
+
+    def _reply_unread(self, context: grpc.ServicerContext) -> None:
+        end_call(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"a Pipeline reply waited {self._limits.send_timeout:g}s for the caller to read it "
+            "(CACHEGATE_SEND_TIMEOUT); read replies as you send batches",
+        )
+
+    def _check_count(self, data: bytes) -> None:
+        """Counted on the wire before anything is parsed: building millions of empty
+        operations costs far more than the bytes that carry them (see _wire.py)."""
+        reason = too_many_operations(data, self._limits.max_batch_ops)
+        if reason is not None:
+            raise InvalidArgumentError(
+                "operations",
+                f"{reason}; the limit is {self._limits.max_batch_ops} operations "
+                "(CACHEGATE_MAX_BATCH_OPS)",
+            )
 
     def _parse_batch(self, data: bytes) -> list[bytes] | pb.PipelineRequest:
         """The keys of a batch of plain gets, or the parsed batch; InvalidArgumentError."""
@@ -214,13 +270,15 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         if size > self._limits.max_batch_ops:
             raise InvalidArgumentError(
                 "operations",
-                f"batch has {size} operations; the limit is {self._limits.max_batch_ops}",
+                f"batch has {size} operations; the limit is {self._limits.max_batch_ops} "
+                "(CACHEGATE_MAX_BATCH_OPS)",
             )
         return keys if keys is not None else batch
 
     def _run_batch(
         self, batch: pb.PipelineRequest, context: grpc.ServicerContext, prefix: str = ""
-    ) -> pb.PipelineResponse:
+    ) -> tuple[pb.PipelineResponse, int]:
+        """The reply to a batch and the budget bytes it holds until it is sent."""
         operations = batch.operations
         size = len(operations)
         # A key of at most this many characters is within the byte limit whatever it
@@ -245,8 +303,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 errors.append((index, _INVALID_ARGUMENT, str(exc)))
                 continue
             positions.append(index)
+        # The gets' values are read within the reply's bound and the room reserved.
+        gets = sum(1 for command in commands if command[0] == "GET")
+        worst = gets * self._limits.max_value_bytes
+        want = min(worst, self._replies.bound(size))
+        granted = self._replies.reserve_read(want, context)
         try:
-            replies = self._pool.execute_many(commands, timeout=context.time_remaining())
+            replies = self._pool.execute_many(
+                commands,
+                timeout=context.time_remaining(),
+                max_bytes=None if worst <= granted else granted,
+            )
         except Exception as exc:
             rejection = _rejection(exc, "Pipeline")
             for index in positions:
@@ -262,6 +329,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             elif name == "GET":
                 if reply is None:
                     outcomes[index] = pb.OUTCOME_NOT_FOUND
+                elif isinstance(reply, TooLarge):
+                    outcomes[index] = pb.OUTCOME_ERROR
+                    message = self._replies.too_large_message(reply.size, granted < want)
+                    errors.append((index, _RESOURCE_EXHAUSTED, message))
                 else:
                     outcomes[index] = pb.OUTCOME_VALUE
                     values[index] = reply
@@ -270,34 +341,133 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             else:  # DEL
                 outcomes[index] = pb.OUTCOME_OK if reply else pb.OUTCOME_NOT_FOUND
         errors.sort()
-        return pb.PipelineResponse(
+        response = pb.PipelineResponse(
             outcomes=outcomes,
             values=values,
             errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
         )
+        return response, self._replies.settle(granted, response)
 
     def _get_batch(
         self, keys: list[str] | list[bytes], context: grpc.ServicerContext
-    ) -> pb.PipelineResponse:
-        """A batch of valid gets only (the common read path): one multi-key read."""
+    ) -> tuple[pb.PipelineResponse, int]:
+        """A batch of valid gets only (the common read path): one multi-key read.
+
+        Returns the reply and the budget bytes it holds until it is sent. One MGET
+        when the batch's worst case fits the reply's bound and the budget; else a
+        first read within a small share of the budget (the bounded script), and the
+        values left out are read again with the room they need, as far as the
+        reply's bound and the budget allow.
+        """
+        size = len(keys)
+        bound = self._replies.bound(size)
+        worst = size * self._replies.value_limit
+        # One plain MGET whenever its worst case fits the reply's bound and the budget
+        # has room for it right now; otherwise a first read within a small share.
+        if worst <= bound and self._budget.reserve(worst * REPLY_COPIES):
+            granted = worst
+        else:
+            granted = self._replies.reserve_read(
+                min(worst, bound, self._replies.first_read), context
+            )
         try:
-            found = self._pool.get_many(keys, timeout=context.time_remaining())
+            found = self._pool.get_many(
+                keys,
+                timeout=context.time_remaining(),
+                max_bytes=None if worst <= granted else granted,
+            )
+            if type(found) is PartialRead:  # some values did not fit the first read
+                if self._large_replies.acquire(timeout=self._replies.wait(context)):
+                    try:
+                        found, granted, by_budget = self._read_left_out(
+                            keys, list(found), bound, granted, context
+                        )
+                        response = self._partial_reply(found, by_budget)
+                    finally:
+                        self._large_replies.release()
+                else:
+                    response = self._partial_reply(found, True)
+                return response, self._replies.settle(granted, response, granted)
         except Exception as exc:
             rejection = _rejection(exc, "Pipeline")
             code, message = code_number(rejection.code), rejection.message
-            return pb.PipelineResponse(
-                outcomes=[pb.OUTCOME_ERROR] * len(keys),
-                values=[b""] * len(keys),
+            response = pb.PipelineResponse(
+                outcomes=[pb.OUTCOME_ERROR] * size,
+                values=[b""] * size,
                 errors=[
-                    pb.OperationError(index=i, code=code, message=message) for i in range(len(keys))
+                    pb.OperationError(index=i, code=code, message=message) for i in range(size)
                 ],
             )
+            return response, self._replies.settle(granted, response)
         if None not in found:  # every key hit: no per-value test needed
-            return pb.PipelineResponse(outcomes=[_VALUE] * len(found), values=found)
-        return pb.PipelineResponse(
-            outcomes=[_NOT_FOUND if v is None else _VALUE for v in found],
-            values=[_EMPTY if v is None else v for v in found],
-        )
+            response = pb.PipelineResponse(outcomes=[_VALUE] * size, values=found)
+        else:
+            response = pb.PipelineResponse(
+                outcomes=[_NOT_FOUND if v is None else _VALUE for v in found],
+                values=[_EMPTY if v is None else v for v in found],
+            )
+        return response, self._replies.settle(granted, response)
+
+    def _read_left_out(
+        self,
+        keys: list[str] | list[bytes],
+        found: list[Any],
+        bound: int,
+        granted: int,
+        context: grpc.ServicerContext,
+    ) -> tuple[list[Any], int, bool]:
+        """Read the values a first read left out, with the room they need as far as the
+        bound and the budget allow. The values (a PartialRead if some are still left
+        out), the value bytes now reserved, and whether the budget is what fell short."""
+        left_out = too_large_indexes(found)
+        used = sum(len(value) for value in found if isinstance(value, bytes))
+        # Their sizes are known now: ask again only for those that can fit, in order.
+        room = bound - used
+        fitting: list[int] = []
+        for index in left_out:
+            size = found[index].size
+            if size <= room:
+                fitting.append(index)
+                room -= size
+        want = bound - used - room
+        extra = self._replies.reserve_read(want, context)
+        granted += extra
+        partial = len(fitting) < len(left_out) or (extra == 0 and bool(fitting))
+        if extra > 0 and fitting:
+            try:
+                again = self._pool.get_many(
+                    [keys[i] for i in fitting], timeout=context.time_remaining(), max_bytes=extra
+                )
+            except BaseException:
+                self._budget.release(extra * REPLY_COPIES)  # the caller settles the rest
+                raise
+            for index, value in zip(fitting, again, strict=True):
+                found[index] = value
+            partial = partial or type(again) is PartialRead
+        if partial:
+            return PartialRead(found), granted, extra < want
+        return found, granted, False
+
+    def _partial_reply(self, found: list[Any], by_budget: bool) -> pb.PipelineResponse:
+        """A reply in which some gets may be left out: RESOURCE_EXHAUSTED for each of them."""
+        outcomes = []
+        values = []
+        errors = []
+        for index, value in enumerate(found):
+            if isinstance(value, TooLarge):
+                outcomes.append(pb.OUTCOME_ERROR)
+                values.append(_EMPTY)
+                message = self._replies.too_large_message(value.size, by_budget)
+                errors.append(
+                    pb.OperationError(index=index, code=_RESOURCE_EXHAUSTED, message=message)
+                )
+            elif value is None:
+                outcomes.append(_NOT_FOUND)
+                values.append(_EMPTY)
+            else:
+                outcomes.append(_VALUE)
+                values.append(value)
+        return pb.PipelineResponse(outcomes=outcomes, values=values, errors=errors)
 
     def _command(self, index: int, op: pb.Operation, prefix: str) -> tuple[Any, ...]:
         """The Redis command of one operation, checked against the limits."""

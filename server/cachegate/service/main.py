@@ -26,6 +26,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from cachegate.core import SETTINGS, Config, ConfigError, load_config
+from cachegate.service._malloc import bound_allocator
 from cachegate.service._server import ServerStartError, load_security
 
 if TYPE_CHECKING:
@@ -237,6 +238,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"cachegate-server: configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.server.log_level)
+    bound_allocator()  # before any worker is forked (see _malloc.py)
     try:
         load_security(config, credentials=False)  # once, before any worker exists
     except ServerStartError as exc:

@@ -1,0 +1,211 @@
+"""Sizes checked on the wire bytes, before any message object is built.
+
+A protobuf parse costs time and memory in proportion to the number of fields, not
+to the bytes: 16 MiB of empty operations is 8.4 million sub-messages (0.7 s of CPU
+and ~290 MB) before a count of them could say "too many". So:
+
+- `too_many_operations` counts a batch's top-level fields on the wire and stops as
+  soon as there are more than the limit. It costs nothing for the batches that
+  cannot be over the limit (each operation takes at least 2 bytes, and each starts
+  with the byte 0x0a, which `bytes.count` finds in C), and walks the fields in
+  Python only for the rest, stopping at limit + 1.
+- `limited` wraps a method's request parser with that method's own size limit:
+  grpc's receive limit is one number for the whole server (the largest Pipeline
+  batch), while a unary request holds at most a key, a value and a few more bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cachegate.core import LimitSettings
+
+__all__ = [
+    "FIELDS_PER_OPERATION",
+    "UNARY_OVERHEAD_BYTES",
+    "MessageTooLarge",
+    "RequestLimit",
+    "limited",
+    "request_limits",
+    "too_many_operations",
+]
+
+# Fields of any kind a batch may carry per operation allowed before it is refused
+# unparsed (a PipelineRequest has no field but its operations).
+FIELDS_PER_OPERATION = 4
+# Room in a unary request beyond its key and value: tags, lengths, the TTL, and
+# fields a newer client may add.
+UNARY_OVERHEAD_BYTES = 1024
+
+_OPERATION_TAG = b"\x0a"
+_LONG_TAG = b"\x8a"  # the same tag as an overlong varint starts with this byte
+_COUNT_SLICE = 1024 * 1024  # bytes counted per call (each call holds the GIL)
+
+RequestLimit = tuple[int, str, str]
+"""A method's request size limit: bytes, the settings it comes from, the field that
+can make a request that large."""  # field 1 (operations), wire type 2 (length-delimited)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTooLarge:
+    """Stands in for a request larger than its method's limit (it was never parsed)."""
+
+    type_name: str
+    size: int
+    limit: int
+    setting: str
+    field: str  # the field that can make it this large (what BadRequest names)
+
+    def message(self) -> str:
+        return (
+            f"the {self.type_name} is {self.size} bytes; this method accepts at most "
+            f"{self.limit} bytes ({self.setting})"
+        )
+
+
+def limited(
+    parse: Callable[[bytes], Any],
+    type_name: str,
+    limit: RequestLimit,
+    field_names: Mapping[int, str] | None = None,
+) -> Callable[[bytes], Any]:
+    """`parse`, but a request above the limit's bytes becomes MessageTooLarge unparsed.
+
+    The field named is the largest one on the wire (found without parsing), when
+    `field_names` knows its number; else the limit's own.
+    """
+    size_limit, setting, field = limit
+    names = field_names or {}
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) > size_limit:
+            name = names.get(_largest_field(data), field)
+            return MessageTooLarge(type_name, len(data), size_limit, setting, name)
+        return parse(data)
+
+    return deserialize
+
+
+def request_limits(limits: LimitSettings) -> dict[str, RequestLimit]:
+    """Each unary cache method's request size limit and the settings it comes from.
+
+    Pipeline has none here: its limit is grpc's own receive limit for the server
+    (CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES), which grpc enforces before buffering.
+    """
+    # One limit for every unary request: no request of them carries more than a key
+    # and a value (Get and Delete could be held tighter, but then a malformed request
+    # would be told its size instead of what is wrong with it).
+    size = limits.max_key_bytes + limits.max_value_bytes + UNARY_OVERHEAD_BYTES
+    setting = "CACHEGATE_MAX_KEY_BYTES + CACHEGATE_MAX_VALUE_BYTES + 1024"
+    return {
+        "Get": (size, setting, "key"),
+        "Delete": (size, setting, "key"),
+        "SetEx": (size, setting, "value"),
+        "Stats": (size, setting, "request"),
+    }
+
+
+def too_many_operations(data: bytes, limit: int) -> str | None:
+    """Why a PipelineRequest's wire bytes hold too many operations, or None.
+
+    An operation is a field 1 record; its tag is the byte 0x0a, or 0x8a followed by
+    more bytes (protobuf accepts an overlong varint), so the two bytes' count bounds
+    the operations from above, in C. Only past the limit are the fields walked, up
+    to limit + 1 operations, or FIELDS_PER_OPERATION times the limit of fields of
+    any kind (a batch has no other fields; a walk must not be made long with them).
+    Malformed bytes give None here: the parse that follows reports them.
+    """
+    if len(data) <= 2 * limit:
+        return None  # an operation takes at least 2 bytes
+    # Counted a slice at a time: a count holds the GIL, and once the tags seen pass
+    # the limit the rest need not be counted (the walk decides).
+    tags = 0
+    for start in range(0, len(data), _COUNT_SLICE):
+        stop = start + _COUNT_SLICE
+        tags += data.count(_OPERATION_TAG, start, stop) + data.count(_LONG_TAG, start, stop)
+        if tags > limit:
+            operations, fields = _count_fields(data, limit, FIELDS_PER_OPERATION * limit)
+            if operations > limit:
+                return f"batch has more than {limit} operations"
+            if fields > FIELDS_PER_OPERATION * limit:
+                return f"batch has more than {FIELDS_PER_OPERATION * limit} fields"
+            return None
+    return None
+
+
+def _count_fields(data: bytes, limit: int, most_fields: int) -> tuple[int, int]:
+    """(operations, fields) at the top level of `data`, counted until the operations
+    pass `limit` or the fields pass `most_fields`; (-1, -1) when malformed first."""
+    pos, end, operations, fields = 0, len(data), 0, 0
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        if tag < 0:
+            return -1, -1
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            if length < 0:
+                return -1, -1
+            pos += length
+            if tag == 10:  # field 1, length-delimited: an operation
+                operations += 1
+        elif wire_type == 5:
+            pos += 4
+        else:  # groups (deprecated) or garbage: let the parser say which
+            return -1, -1
+        if pos < 0 or pos > end:
+            return -1, -1
+        fields += 1
+        if operations > limit or fields > most_fields:
+            break
+    return operations, fields
+
+
+def _largest_field(data: bytes, most_fields: int = 64) -> int:
+    """The number of the longest length-delimited top-level field; 0 when unclear."""
+    pos, end, best, best_length = 0, len(data), 0, -1
+    for _ in range(most_fields):
+        if pos >= end:
+            return best
+        tag, pos = _varint(data, pos)
+        if tag < 0:
+            return 0
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            if length < 0:
+                return 0
+            if length > best_length:
+                best, best_length = tag >> 3, length
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            return 0
+        if pos < 0:
+            return 0
+    return best
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; (-1, -1) when cut short."""
+    value = shift = 0
+    end = len(data)
+    while pos < end and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return -1, -1

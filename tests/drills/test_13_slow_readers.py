@@ -1,0 +1,92 @@
+"""Drill 13: slow readers. A stream that sends batches and never reads must not hold memory.
+
+A key holds a 1 MiB value. Attackers (in their own process) open 60 Pipeline streams,
+each sending batches of 14 gets of it (a 14 MiB reply), and read nothing for a while. On the start
+commit each such stream held ~57 MB (100 held 3 GB). Now the replies waiting for a
+reader count against each worker's memory budget (a reply that cannot get room carries
+RESOURCE_EXHAUSTED for the gets left out), and a reply nobody reads within
+CACHEGATE_SEND_TIMEOUT ends its stream with RESOURCE_EXHAUSTED naming the setting.
+Peak RSS per worker stays within the budget plus a fixed base, no worker dies, the
+bystander's p99 stays <= 50 ms and its acknowledged writes survive.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cachegate.v1 import cache_pb2 as pb
+from cachegate.v1 import cache_pb2_grpc
+from drills.attack import (
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
+from drills.attackers import run_attacker
+from drills.harness import Report, StartGateway, StartRedis
+from drills.load import make_channel
+from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
+
+pytestmark = pytest.mark.drill
+
+MIB = 1024 * 1024
+STREAMS = 60
+# 14 gets of the 1 MiB value: a 14 MiB reply, under the send limit, so that even the
+# start commit builds it (and then holds it for the reader that never comes).
+GETS = 14
+SEND_TIMEOUT = 3.0
+HOLD = 8.0  # seconds the attackers do not read: well past the send timeout
+BYSTANDER_P99_MS = 50.0
+
+
+def test_slow_readers(start_redis: StartRedis, start_gateway: StartGateway, report: Report) -> None:
+    redis_server = start_redis()
+    gateway = start_gateway(
+        workers_env(redis_server.url, 2, CACHEGATE_SEND_TIMEOUT=str(SEND_TIMEOUT))
+    )
+    with make_channel(gateway.target) as channel:
+        cache_pb2_grpc.CacheServiceStub(channel).SetEx(
+            pb.SetExRequest(key="big", value=b"x" * MIB, ttl_seconds=600), timeout=5
+        )
+    workers_before = sorted(gateway_pids(gateway))
+    with MemoryWatch(gateway) as memory, Bystander(gateway.target, max_seconds=60) as bystander:
+        result = run_attacker(
+            "slow-reader",
+            gateway.target,
+            "--streams",
+            str(STREAMS),
+            "--batches",
+            "4",
+            "--gets",
+            str(GETS),
+            "--hold",
+            str(HOLD),
+            "--deadline",
+            "30",
+        )
+    workers_after = sorted(gateway_pids(gateway))
+    lost = lost_writes(gateway, bystander.load.acked)
+    report(
+        attack_row(
+            f"13 slow readers ({STREAMS} streams)",
+            bystander,
+            memory,
+            lost=len(lost),
+            notes=f"attacker streams {result['status']} ops {result['op_errors']} "
+            f"replies read={result['replies']}; {result['messages']}",
+        )
+    )
+    assert not memory.killed, f"killed at the 3 GB guard: {memory.killed}"
+    assert gateway.alive(), "the gateway died"
+    assert workers_after == workers_before, "a worker died"
+    peak = memory.max_worker_mb
+    assert peak <= BUDGET_MB + BASE_MB, f"peak RSS {peak:.0f} MB > {BUDGET_MB} + {BASE_MB}"
+    assert set(result["status"]) <= {"OK", "RESOURCE_EXHAUSTED"}, result
+    assert result["status"].get("RESOURCE_EXHAUSTED", 0) > 0, result
+    assert "CACHEGATE_SEND_TIMEOUT" in result["messages"]["status RESOURCE_EXHAUSTED"], result
+    assert set(result["op_errors"]) <= {"RESOURCE_EXHAUSTED"}, result
+    assert bystander.p99_ms() <= BYSTANDER_P99_MS, bystander.text()
+    assert bystander.summary.ok > 100, bystander.text()
+    assert lost == []
