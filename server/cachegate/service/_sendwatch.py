@@ -18,27 +18,10 @@ import time
 from collections.abc import Callable
 
 import grpc
-from grpc import _common  # the status-code table grpc itself uses to cancel calls
 
-__all__ = ["SendWatch", "end_call"]
+__all__ = ["SendWatch"]
 
 log = logging.getLogger("cachegate.service")
-
-
-def end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
-    """End a call from another thread, with `code` and `details` for the caller.
-
-    The public `context.cancel()` ends it as CANCELLED, a code the error table does
-    not list (clients do not know what to make of it); grpc core's cancel-with-status,
-    which grpc's own channel uses, sends the status as trailers and resets the stream
-    without waiting for the unread reply to drain.
-    """
-    call = getattr(getattr(context, "_rpc_event", None), "call", None)
-    try:
-        call.cancel(_common.STATUS_CODE_TO_CYGRPC_STATUS_CODE[code], details)  # type: ignore[union-attr]
-    except Exception:  # an older or newer grpcio without it: still end the stream
-        log.debug("cancel with status unavailable; cancelling", exc_info=True)
-        context.cancel()
 
 
 class SendWatch:

@@ -18,11 +18,12 @@ from cachegate.service._admin import breaker_stats
 from cachegate.service._auth import Identity, TokenTable
 from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
 from cachegate.service._decode import Undecodable, undecodable_message
+from cachegate.service._endcall import end_call
 from cachegate.service._fastpath import get_only_keys
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._replies import ReplyBudget, too_large_indexes
-from cachegate.service._sendwatch import SendWatch, end_call
+from cachegate.service._sendwatch import SendWatch
 from cachegate.service._status import (
     INTERNAL,
     InvalidArgumentError,

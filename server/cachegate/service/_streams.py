@@ -36,6 +36,7 @@ from typing import TypeVar
 
 import grpc
 
+from cachegate.service._endcall import end_call
 from cachegate.service._status import TooBusyError
 
 __all__ = ["OpenStream", "StreamGate", "caller_of", "status_closer"]
@@ -48,7 +49,6 @@ Clock = Callable[[], float]
 Close = Callable[[str], None]
 """Ends one stream from another thread, with the given message (see status_closer)."""
 
-_RESOURCE_EXHAUSTED: int = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 # The watchdog looks this often (a quarter of the idle timeout, within these bounds), so
 # an idle stream ends at most that long after its timeout.
 _MIN_TICK, _MAX_TICK = 0.05, 1.0
@@ -67,18 +67,7 @@ def caller_of(peer: str, tenant: str | None) -> str:
 
 def status_closer(context: grpc.ServicerContext) -> Close:
     """A way to end this call from another thread with RESOURCE_EXHAUSTED and a message."""
-    # grpcio's servicer context keeps the core call in `_rpc_event.call` (private, so
-    # looked up with care); its cancel(code, details) is grpc_call_cancel_with_status.
-    call = getattr(getattr(context, "_rpc_event", None), "call", None)
-    cancel = getattr(call, "cancel", None)
-    if cancel is None:  # a context that is not grpcio's: CANCELLED is all that is left
-        log.warning("cannot end idle streams with a status; they will end CANCELLED")
-        return lambda message: context.cancel()
-
-    def close(message: str) -> None:
-        cancel(_RESOURCE_EXHAUSTED, message)
-
-    return close
+    return lambda message: end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 class OpenStream:
