@@ -279,6 +279,7 @@ def test_bad_tokens_file_stops_startup(tmp_path: Path) -> None:
 CACHEGATE_ACL = [
     "cachegate", "on", ">redis-acl-secret", "~*", "resetchannels",
     "-@all", "+get", "+mget", "+setex", "+del", "+ping", "+info", "+select",
+    "+strlen", "+evalsha", "+eval",
 ]  # fmt: skip
 
 
@@ -313,6 +314,9 @@ def test_pool_over_redis_tls_with_acl_user(tmp_path: Path, authority: Authority)
         assert pool.execute("setex", "k", 60, b"over tls") is True
         assert pool.execute("get", "k") == b"over tls"
         assert pool.get_many(["k", "missing"]) == [b"over tls", None]
+        # A bounded read (the EVALSHA/EVAL/STRLEN path of "Limits and abuse") runs under
+        # the recommended ACL too: the values come back, not a permission error.
+        assert pool.get_many(["k", "missing"] * 20, max_bytes=1 << 20) == [b"over tls", None] * 20
         with pytest.raises(CommandError, match=r"(?i)permission|NOPERM"):
             pool.execute("flushall")
         with pytest.raises(CommandError, match=r"(?i)permission|NOPERM"):
