@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from cachegate.client import CacheClient, CacheUnavailableError, Get, SetEx
-from cachegate.core import load_config
+from cachegate.core import Outcome, load_config
 from cachegate.pool import CommandError, RedisConnectionPool
 from cachegate.service import CacheServer, ServerStartError, create_server
 from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
@@ -215,6 +215,52 @@ def test_admin_rpcs_need_the_admin_role(authed: CacheServer) -> None:
     assert client(authed, ALICE_TOKEN).get("k") is None
     closed = stub.ForceCloseBreaker(admin_pb2.ForceCloseBreakerRequest(), metadata=ops)
     assert closed.breaker.forced is True
+
+
+def test_forced_open_replies_say_so_and_promise_no_retry(authed: CacheServer) -> None:
+    """After ForceOpenBreaker a call is told an operator opened the breaker, with no
+    RetryInfo (no wait ends a forced opening) and a pushback that forbids retries;
+    an ordinary opening still carries its RetryInfo."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{authed.port}")
+    ops = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    alice = (("authorization", f"Bearer {ALICE_TOKEN}"),)
+    cache = cache_pb2_grpc.CacheServiceStub(channel)
+    admin_pb2_grpc.AdminServiceStub(channel).ForceOpenBreaker(
+        admin_pb2.ForceOpenBreakerRequest(), metadata=ops
+    )
+
+    def rejection() -> tuple[grpc.RpcError, list[str], dict[str, str]]:
+        with pytest.raises(grpc.RpcError) as caught:
+            cache.Get(pb.GetRequest(key="k"), metadata=alice, timeout=5)
+        trailers = dict(caught.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        kinds = [detail.type_url.rsplit("/", 1)[-1] for detail in status.details]
+        return caught.value, kinds, {k: v for k, v in trailers.items() if isinstance(v, str)}
+
+    error, kinds, trailers = rejection()
+    print(f"forced open: {error.code().name} {error.details()!r} details={kinds} {trailers}")  # type: ignore[attr-defined]
+    assert error.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert "forced open by an operator" in error.details()  # type: ignore[attr-defined]
+    assert "retry after" not in error.details()  # type: ignore[attr-defined]
+    assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name not in kinds
+    assert trailers.get("grpc-retry-pushback-ms") == "-1"
+    with pytest.raises(CacheUnavailableError) as typed:
+        client(authed, ALICE_TOKEN).get("k")
+    assert typed.value.retry_after is None
+
+    # Released, then opened by failures: the ordinary reply keeps its RetryInfo.
+    admin_pb2_grpc.AdminServiceStub(channel).ResetBreaker(
+        admin_pb2.ResetBreakerRequest(), metadata=ops
+    )
+    breaker = authed.pool.breaker
+    for _ in range(breaker.config.failure_threshold):
+        breaker.record(breaker.acquire(), Outcome.FAILURE)
+    error, kinds, _ = rejection()
+    assert "retry after" in error.details()  # type: ignore[attr-defined]
+    assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name in kinds
+    channel.close()
 
 
 def test_force_closed_keeps_calling_redis(authed: CacheServer, redis_server: RedisProcess) -> None:
