@@ -231,19 +231,24 @@ def test_forced_open_replies_say_so_and_promise_no_retry(authed: CacheServer) ->
         admin_pb2.ForceOpenBreakerRequest(), metadata=ops
     )
 
-    def rejection() -> tuple[grpc.RpcError, list[str], dict[str, str]]:
+    def rejection() -> tuple[grpc.StatusCode, str, list[str], dict[str, str]]:
         with pytest.raises(grpc.RpcError) as caught:
             cache.Get(pb.GetRequest(key="k"), metadata=alice, timeout=5)
-        trailers = dict(caught.value.trailing_metadata() or ())  # type: ignore[attr-defined]
-        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        call = caught.value
+        assert isinstance(call, grpc.Call)
+        trailers = {str(k): v for k, v in (call.trailing_metadata() or ())}
+        details = trailers["grpc-status-details-bin"]
+        assert isinstance(details, bytes)
+        status = status_pb2.Status.FromString(details)
         kinds = [detail.type_url.rsplit("/", 1)[-1] for detail in status.details]
-        return caught.value, kinds, {k: v for k, v in trailers.items() if isinstance(v, str)}
+        text = {k: v for k, v in trailers.items() if isinstance(v, str)}
+        return call.code(), call.details() or "", kinds, text
 
-    error, kinds, trailers = rejection()
-    print(f"forced open: {error.code().name} {error.details()!r} details={kinds} {trailers}")  # type: ignore[attr-defined]
-    assert error.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-    assert "forced open by an operator" in error.details()  # type: ignore[attr-defined]
-    assert "retry after" not in error.details()  # type: ignore[attr-defined]
+    code, message, kinds, trailers = rejection()
+    print(f"forced open: {code.name} {message!r} details={kinds} {trailers}")
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "forced open by an operator" in message
+    assert "retry after" not in message
     assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name not in kinds
     assert trailers.get("grpc-retry-pushback-ms") == "-1"
     with pytest.raises(CacheUnavailableError) as typed:
@@ -257,8 +262,8 @@ def test_forced_open_replies_say_so_and_promise_no_retry(authed: CacheServer) ->
     breaker = authed.pool.breaker
     for _ in range(breaker.config.failure_threshold):
         breaker.record(breaker.acquire(), Outcome.FAILURE)
-    error, kinds, _ = rejection()
-    assert "retry after" in error.details()  # type: ignore[attr-defined]
+    _, message, kinds, _ = rejection()
+    assert "retry after" in message
     assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name in kinds
     channel.close()
 
