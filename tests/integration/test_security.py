@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cachegate.client import CacheClient, CacheUnavailableError, Get, SetEx
+from cachegate.client import CacheClient, CacheUnavailableError, Get, RedisCache, SetEx
 from cachegate.core import Outcome, load_config
 from cachegate.pool import CommandError, RedisConnectionPool
 from cachegate.service import CacheServer, ServerStartError, create_server
@@ -266,6 +266,25 @@ def test_forced_open_replies_say_so_and_promise_no_retry(authed: CacheServer) ->
     assert "retry after" in message
     assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name in kinds
     channel.close()
+
+
+def test_client_token_health_check_says_none_for_what_it_cannot_see(authed: CacheServer) -> None:
+    """A client-role token's Stats has no Redis, pool or call figures: the guide's
+    health dict says None for them (unknown), not 0.0 or ''."""
+    cache = RedisCache(f"127.0.0.1:{authed.port}", token=ALICE_TOKEN)
+    try:
+        health = cache.health_check()
+    finally:
+        cache.close()
+    print(f"client token: {health}")
+    assert health["healthy"] is True
+    assert health["circuit_state"] == "closed"
+    assert health["backend"] == "redis"
+    assert health["error"] is None
+    hidden = ("ping_ms", "version", "connected_clients", "used_memory_human", "hit_rate")
+    assert {name: health[name] for name in hidden} == dict.fromkeys(hidden)
+    assert health["age_seconds"] is None
+    assert set(health["pool"].values()) == {None}
 
 
 def test_force_closed_keeps_calling_redis(authed: CacheServer, redis_server: RedisProcess) -> None:

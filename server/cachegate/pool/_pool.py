@@ -248,8 +248,13 @@ class RedisConnectionPool:
             self._slots.release()
 
     def health_check(self) -> dict[str, Any]:
-        """The seed's health dict. Never raises: a down Redis gives healthy=False and why.
+        """The seed's health dict, live. Never raises: a down Redis gives healthy=False and why.
 
+        The shape (shared with the client's RedisCache.health_check, which reads it
+        from Stats): always the same keys; None for whatever is unknown (no guessed
+        0.0 or ''). `error` is None when healthy; `age_seconds` is how old the figures
+        are (0.0 here: this call just asked Redis); `hit_rate` is the process's own
+        (see CallStats.hit_rate), None before any read.
         It waits at most one second for a free connection; a pool busy for longer
         is reported as unhealthy, with that reason.
         """
@@ -261,8 +266,10 @@ class RedisConnectionPool:
             "used_memory_human": None,
             "hit_rate": self._counters.snapshot().hit_rate,
             "circuit_state": self._breaker.state.value,
-            "backend": self._backend.kind,
             "pool": self._pool_section(),
+            "backend": self._backend.kind,
+            "error": None,
+            "age_seconds": 0.0,
         }
         timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
         # Through the connection gate like any call (so REDIS_MAX_CONNECTIONS holds),
@@ -287,9 +294,6 @@ class RedisConnectionPool:
             connected_clients=info.connected_clients,
             used_memory_human=info.used_memory_human,
         )
-        if info.keyspace_hits is not None and info.keyspace_misses is not None:
-            reads = info.keyspace_hits + info.keyspace_misses
-            report["hit_rate"] = round(info.keyspace_hits / reads, 4) if reads else 0.0
         return report
 
     def get_stats(self) -> dict[str, Any]:
@@ -319,7 +323,7 @@ class RedisConnectionPool:
             "pool_wait_timeouts": calls.wait_timeouts_total,
             "hits": calls.hits_total,
             "misses": calls.misses_total,
-            "hit_rate": round(calls.hit_rate, 4),
+            "hit_rate": calls.hit_rate,  # None before any read (see CallStats.hit_rate)
         }
 
     def close(self) -> None:
