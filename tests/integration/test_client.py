@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,9 @@ from cachegate.client import (
     Result,
     SetEx,
 )
+from cachegate.v1 import cache_pb2 as pb
 from conftest import RunningServer, StartServer
-from redisprocs import RedisProcess
+from redisprocs import RedisProcess, wait_until
 
 # A script written against the migration guide's old RedisCache, unchanged but for
 # the import line.
@@ -276,3 +278,106 @@ def test_client_target_comes_from_the_environment(
     with CacheClient() as client:
         assert client.target == memory_server.target
         assert client.health() == "SERVING"
+
+
+# --- the guide's health shape, on both sides ----------------------------------------------
+
+POOL_KEYS = {"created_connections", "available_connections", "in_use_connections"}
+
+
+def test_health_checks_share_one_shape_and_one_hit_rate(
+    redis_backed_server: RunningServer, redis_server: RedisProcess
+) -> None:
+    """RedisCache.health_check() (over gRPC) and the in-process pool's health_check()
+    have the same keys, None for unknowns, and the same hit rate: hits / (hits + misses)
+    of the reads the server process made, None before any read."""
+    from cachegate.client._compat import HEALTH_KEYS
+
+    pool = redis_backed_server.server.pool
+    cache = RedisCache(redis_backed_server.target)
+    try:
+        remote, local = cache.health_check(), pool.health_check()
+        print(f"client: {remote}\npool:   {local}")
+        assert set(remote) == set(local) == set(HEALTH_KEYS)
+        assert list(local) == list(HEALTH_KEYS)  # in the same order, too
+        assert set(remote["pool"]) == set(local["pool"]) == POOL_KEYS
+        for report in (remote, local):
+            assert report["healthy"] is True
+            assert report["error"] is None
+            assert report["hit_rate"] is None  # nothing read yet: unknown, not 0.0
+            assert report["version"] == redis_server.client().info("server")["redis_version"]
+            assert isinstance(report["ping_ms"], float)
+            assert report["ping_ms"] > 0
+            assert report["connected_clients"] >= 1
+            assert report["circuit_state"] == "closed"
+            assert report["backend"] == "redis"
+            assert isinstance(report["age_seconds"], float)
+            assert report["age_seconds"] >= 0
+        assert local["age_seconds"] == 0.0  # the in-process check is live
+
+        cache.set("hr:1", "v")
+        for key in ("hr:1", "hr:1", "hr:1", "hr:missing"):
+            cache.get(key)
+        remote, local = cache.health_check(), pool.health_check()
+        stats = pool.get_stats()
+        assert (stats["hits"], stats["misses"]) == (3, 1)
+        # One definition, unrounded, everywhere: the pool's health and stats, the
+        # client's health (from Stats), and both hit_rate fields of the Stats reply.
+        reply = redis_backed_server.stub.Stats(pb.StatsRequest())
+        assert local["hit_rate"] == stats["hit_rate"] == remote["hit_rate"] == 0.75
+        assert reply.calls.hit_rate == reply.redis.hit_rate == 0.75
+    finally:
+        cache.close()
+
+
+def test_health_check_never_raises_when_the_server_is_unreachable() -> None:
+    """The guide's dict with healthy False and an error, every other figure None."""
+    from cachegate.client._compat import HEALTH_KEYS
+    from redisprocs import free_port
+
+    cache = RedisCache(f"127.0.0.1:{free_port()}", timeout=1)  # nothing listens there
+    try:
+        health = cache.health_check()
+    finally:
+        cache.close()
+    print(f"unreachable: {health}")
+    assert list(health) == list(HEALTH_KEYS)
+    assert health["healthy"] is False
+    assert isinstance(health["error"], str)
+    assert "UNAVAILABLE" in health["error"]
+    unknown = set(HEALTH_KEYS) - {"healthy", "error", "pool"}
+    assert {name: health[name] for name in unknown} == dict.fromkeys(unknown)
+    assert health["pool"] == dict.fromkeys(POOL_KEYS)
+
+
+def test_health_check_with_redis_down_behind_the_server(
+    redis_backed_server: RunningServer, redis_server: RedisProcess
+) -> None:
+    """Redis down: both checks say unhealthy with an error, and the Redis figures are
+    None (unknown), not 0.0 or ''."""
+    cache = RedisCache(redis_backed_server.target, timeout=2)
+    try:
+        redis_server.kill()
+
+        # The client reads the server's latest probe: poll until it saw the outage.
+        def unhealthy() -> dict[str, Any] | None:
+            health = cache.health_check()
+            return None if health["healthy"] else health
+
+        remote = wait_until(
+            unhealthy,
+            timeout=10,
+            what="the client's health_check to see Redis down",
+            interval=0.2,
+        )
+    finally:
+        cache.close()
+    local = redis_backed_server.server.pool.health_check()
+    print(f"client: {remote}\npool:   {local}")
+    assert set(remote) == set(local)
+    for report in (remote, local):
+        assert report["healthy"] is False
+        assert isinstance(report["error"], str)
+        assert report["error"]
+        for name in ("ping_ms", "version", "connected_clients", "used_memory_human"):
+            assert report[name] is None, (name, report)

@@ -620,3 +620,72 @@ def test_max_clients_is_named_not_hidden(redis_server: RedisProcess) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
     pool.close()
+
+
+# --- the breaker counts calls, not attempts ----------------------------------------------
+
+
+def test_breaker_threshold_counts_calls_after_their_retries(redis_server: RedisProcess) -> None:
+    """REDIS_FAILURE_THRESHOLD=5 with the default 3 retries: 4 failed calls (16 failed
+    attempts) leave the breaker closed, the 5th failed call opens it."""
+    pool = make_pool(
+        redis_server.url,
+        REDIS_FAILURE_THRESHOLD="5",
+        REDIS_RECOVERY_TIMEOUT="60",
+        REDIS_SOCKET_TIMEOUT="0.3",
+        REDIS_RETRY_BACKOFF_BASE="0.01",
+        REDIS_RETRY_BACKOFF_CAP="0.02",
+    )
+    try:
+        assert pool.config.retry.attempts == 3  # the default: each call makes 4 attempts
+        pool.execute("ping")
+        redis_server.kill()
+        for call in range(1, 5):
+            with pytest.raises(RedisUnavailableError):
+                pool.execute("get", "k")
+            stats = pool.get_stats()
+            print(
+                f"failed call {call}: breaker {stats['circuit_state']}, "
+                f"consecutive failures {stats['consecutive_failures']}, "
+                f"failed attempts {stats['failures']}"
+            )
+            assert state(pool) is CircuitState.CLOSED, f"opened after {call} failed call(s)"
+            assert stats["consecutive_failures"] == call
+        assert pool.get_stats()["failures"] == 16  # every attempt reached the dead server
+        with pytest.raises(RedisUnavailableError):
+            pool.execute("get", "k")
+        assert state(pool) is CircuitState.OPEN
+        with pytest.raises(CircuitOpenError):  # now refused without touching Redis
+            pool.execute("get", "k")
+    finally:
+        pool.close()
+
+
+def test_a_call_that_succeeds_on_a_retry_is_one_success(redis_server: RedisProcess) -> None:
+    """Failed attempts followed by a good one are one successful call for the breaker:
+    they do not add to its consecutive failures."""
+    pool = make_pool(
+        redis_server.url,
+        REDIS_FAILURE_THRESHOLD="2",
+        REDIS_RECOVERY_TIMEOUT="60",
+        REDIS_SOCKET_TIMEOUT="0.3",
+        REDIS_RETRY_ATTEMPTS="20",
+        REDIS_RETRY_BACKOFF_BASE="0.2",
+        REDIS_RETRY_BACKOFF_CAP="0.2",
+    )
+    try:
+        pool.execute("setex", "k", 60, b"v")
+        redis_server.pause()
+        revive = threading.Timer(1.1, redis_server.resume)  # two attempts time out first
+        revive.start()
+        try:
+            assert pool.execute("get", "k") == b"v"  # attempts time out, then one answers
+        finally:
+            revive.join()
+        stats = pool.get_stats()
+        print(f"retried call: {stats['failures']} failed attempts, then a reply")
+        assert stats["failures"] >= 2  # more failed attempts than the threshold...
+        assert state(pool) is CircuitState.CLOSED  # ...yet one call, and it succeeded
+        assert stats["consecutive_failures"] == 0
+    finally:
+        pool.close()

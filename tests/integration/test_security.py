@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cachegate.client import CacheClient, CacheUnavailableError, Get, SetEx
-from cachegate.core import load_config
+from cachegate.client import CacheClient, CacheUnavailableError, Get, RedisCache, SetEx
+from cachegate.core import Outcome, load_config
 from cachegate.pool import CommandError, RedisConnectionPool
 from cachegate.service import CacheServer, ServerStartError, create_server
 from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
@@ -215,6 +215,76 @@ def test_admin_rpcs_need_the_admin_role(authed: CacheServer) -> None:
     assert client(authed, ALICE_TOKEN).get("k") is None
     closed = stub.ForceCloseBreaker(admin_pb2.ForceCloseBreakerRequest(), metadata=ops)
     assert closed.breaker.forced is True
+
+
+def test_forced_open_replies_say_so_and_promise_no_retry(authed: CacheServer) -> None:
+    """After ForceOpenBreaker a call is told an operator opened the breaker, with no
+    RetryInfo (no wait ends a forced opening) and a pushback that forbids retries;
+    an ordinary opening still carries its RetryInfo."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{authed.port}")
+    ops = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    alice = (("authorization", f"Bearer {ALICE_TOKEN}"),)
+    cache = cache_pb2_grpc.CacheServiceStub(channel)
+    admin_pb2_grpc.AdminServiceStub(channel).ForceOpenBreaker(
+        admin_pb2.ForceOpenBreakerRequest(), metadata=ops
+    )
+
+    def rejection() -> tuple[grpc.StatusCode, str, list[str], dict[str, str]]:
+        with pytest.raises(grpc.RpcError) as caught:
+            cache.Get(pb.GetRequest(key="k"), metadata=alice, timeout=5)
+        call = caught.value
+        assert isinstance(call, grpc.Call)
+        trailers = {str(k): v for k, v in (call.trailing_metadata() or ())}
+        details = trailers["grpc-status-details-bin"]
+        assert isinstance(details, bytes)
+        status = status_pb2.Status.FromString(details)
+        kinds = [detail.type_url.rsplit("/", 1)[-1] for detail in status.details]
+        text = {k: v for k, v in trailers.items() if isinstance(v, str)}
+        return call.code(), call.details() or "", kinds, text
+
+    code, message, kinds, trailers = rejection()
+    print(f"forced open: {code.name} {message!r} details={kinds} {trailers}")
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "forced open by an operator" in message
+    assert "retry after" not in message
+    assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name not in kinds
+    assert trailers.get("grpc-retry-pushback-ms") == "-1"
+    with pytest.raises(CacheUnavailableError) as typed:
+        client(authed, ALICE_TOKEN).get("k")
+    assert typed.value.retry_after is None
+
+    # Released, then opened by failures: the ordinary reply keeps its RetryInfo.
+    admin_pb2_grpc.AdminServiceStub(channel).ResetBreaker(
+        admin_pb2.ResetBreakerRequest(), metadata=ops
+    )
+    breaker = authed.pool.breaker
+    for _ in range(breaker.config.failure_threshold):
+        breaker.record(breaker.acquire(), Outcome.FAILURE)
+    _, message, kinds, _ = rejection()
+    assert "retry after" in message
+    assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name in kinds
+    channel.close()
+
+
+def test_client_token_health_check_says_none_for_what_it_cannot_see(authed: CacheServer) -> None:
+    """A client-role token's Stats has no Redis, pool or call figures: the guide's
+    health dict says None for them (unknown), not 0.0 or ''."""
+    cache = RedisCache(f"127.0.0.1:{authed.port}", token=ALICE_TOKEN)
+    try:
+        health = cache.health_check()
+    finally:
+        cache.close()
+    print(f"client token: {health}")
+    assert health["healthy"] is True
+    assert health["circuit_state"] == "closed"
+    assert health["backend"] == "redis"
+    assert health["error"] is None
+    hidden = ("ping_ms", "version", "connected_clients", "used_memory_human", "hit_rate")
+    assert {name: health[name] for name in hidden} == dict.fromkeys(hidden)
+    assert health["age_seconds"] is None
+    assert set(health["pool"].values()) == {None}
 
 
 def test_force_closed_keeps_calling_redis(authed: CacheServer, redis_server: RedisProcess) -> None:

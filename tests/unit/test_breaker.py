@@ -722,6 +722,22 @@ def test_circuit_open_error_is_builtin_connection_error(clock: FakeClock) -> Non
     assert (clone.name, clone.state, clone.retry_after) == ("cache-a", OPEN, error.retry_after)
 
 
+def test_a_forced_opening_is_marked_forced(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1), clock=clock, name="cache-a")
+    fail_times(breaker, 1)
+    with pytest.raises(CircuitOpenError) as opened:
+        breaker.acquire()
+    assert opened.value.forced is False
+
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError) as forced:
+        breaker.acquire()
+    assert forced.value.forced is True
+    assert "forced open by an operator" in str(forced.value)
+    clone = pickle.loads(pickle.dumps(forced.value))  # noqa: S301 -- our own object
+    assert clone.forced is True
+
+
 def test_repr_shows_name_state_and_config(clock: FakeClock) -> None:
     config = BreakerConfig(failure_threshold=7)
     breaker = CircuitBreaker(config, clock=clock, name="primary")

@@ -72,11 +72,16 @@ class BenchStats:
     ops: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # time.monotonic() when the last call ended: the run's end, whatever the
+    # progress loop was doing then (its ticks must not stretch the elapsed time).
+    last_done: float = 0.0
 
     def record(self, seconds: float, ops: int, error: str | None) -> None:
+        done = time.monotonic()
         with self.lock:
             self.latencies.append(seconds)
             self.ops += ops
+            self.last_done = max(self.last_done, done)
             if error:
                 self.errors[error] = self.errors.get(error, 0) + 1
 
@@ -161,11 +166,17 @@ def bench(client: CacheClient, args: argparse.Namespace, out: TextIO) -> int:
         thread.start()
     live = out.isatty()
     while any(t.is_alive() for t in threads):
-        time.sleep(0.5)
+        # Wakes as soon as the load ends (not at the next tick): a short run's
+        # figures must not include up to a tick of idle waiting.
+        tick_end = time.monotonic() + 0.5
+        for thread in threads:
+            thread.join(max(0.0, tick_end - time.monotonic()))
         line = _progress_line(stats, time.monotonic() - started)
         out.write(("\r" + line) if live else (line + "\n"))
         out.flush()
-    elapsed = time.monotonic() - started
+    # The load's own span: from the start to the end of its last call.
+    with stats.lock:
+        elapsed = (stats.last_done or time.monotonic()) - started
     if live:
         out.write("\n")
     latencies = sorted(stats.latencies)

@@ -20,11 +20,31 @@ from __future__ import annotations
 from typing import Any
 
 from cachegate.client._client import SERVICE_NAME, CacheClient
+from cachegate.client._errors import CacheClientError
 from cachegate.client._near import NearCache
+from cachegate.v1 import cache_pb2 as pb
 
-__all__ = ["RedisCache"]
+__all__ = ["HEALTH_KEYS", "RedisCache"]
 
-CIRCUIT_STATES = {0: "unknown", 1: "closed", 2: "open", 3: "half-open"}
+# The keys of health_check()'s dict, the same as the server's in-process
+# RedisConnectionPool.health_check() (the client does not import the server: the
+# shape is a documented rule that tests check on both sides). "pool" holds
+# created_connections, available_connections and in_use_connections.
+HEALTH_KEYS = (  # in the guide's order, then cachegate's additions
+    "healthy",
+    "ping_ms",
+    "version",
+    "connected_clients",
+    "used_memory_human",
+    "hit_rate",
+    "circuit_state",
+    "pool",
+    "backend",
+    "error",
+    "age_seconds",
+)
+POOL_KEYS = ("created_connections", "available_connections", "in_use_connections")
+CIRCUIT_STATES = {1: "closed", 2: "open", 3: "half-open"}
 
 
 def _encode(value: bytes | str | int | float) -> bytes:
@@ -86,28 +106,53 @@ class RedisCache:
         return self.client.delete(key)
 
     def health_check(self) -> dict[str, Any]:
-        """The guide's health dict, from the server's Stats. Raises ConnectionError when down.
+        """The guide's health dict, from the server's Stats. Never raises.
 
-        A client-role token's Stats carries no Redis figures (they need an admin
-        token): then health rests on the health service alone, and the Redis and
-        pool fields are empty.
+        Same keys as the in-process pool's health_check (HEALTH_KEYS); None for
+        whatever is unknown. An unreachable server gives healthy=False and an
+        `error` (the gRPC status and message). The Redis figures are the server's
+        latest background probe, `age_seconds` old (Stats never waits for Redis).
+        `hit_rate` is hits / (hits + misses) of the reads the answering server
+        process made, None before any read. A client-role token's Stats carries no
+        Redis, pool or call figures (they need an admin token): those are None and
+        health rests on the gRPC health service alone.
         """
-        stats = self.client.stats()
-        redis_healthy = stats.redis.healthy if stats.HasField("redis") else True
-        return {
-            "healthy": redis_healthy and self.client.health(SERVICE_NAME) == "SERVING",
-            "ping_ms": stats.redis.ping_ms,
-            "version": stats.redis.version,
-            "connected_clients": stats.redis.connected_clients,
-            "used_memory_human": stats.redis.used_memory_human,
-            "hit_rate": stats.redis.hit_rate,
-            "circuit_state": CIRCUIT_STATES.get(stats.breaker.state, "unknown"),
-            "pool": {
-                "created_connections": stats.pool.created_connections,
-                "available_connections": stats.pool.available_connections,
-                "in_use_connections": stats.pool.in_use_connections,
-            },
-        }
+        report: dict[str, Any] = dict.fromkeys(HEALTH_KEYS)
+        report["healthy"] = False
+        report["pool"] = dict.fromkeys(POOL_KEYS)
+        try:
+            stats = self.client.stats()
+            serving = self.client.health(SERVICE_NAME)
+        except CacheClientError as exc:
+            report["error"] = f"{exc.code.name}: {exc}"
+            return report
+        report["backend"] = stats.backend or None
+        report["circuit_state"] = CIRCUIT_STATES.get(stats.breaker.state)
+        if stats.HasField("pool"):
+            report["pool"] = {name: getattr(stats.pool, name) for name in POOL_KEYS}
+        if stats.HasField("calls"):
+            reads = stats.calls.hits_total + stats.calls.misses_total
+            report["hit_rate"] = stats.calls.hits_total / reads if reads else None
+        redis_healthy = True
+        if stats.HasField("redis"):
+            report.update(_redis_fields(stats.redis))
+            redis_healthy = stats.redis.healthy
+        report["healthy"] = redis_healthy and serving == "SERVING"
+        if not report["healthy"] and report["error"] is None:
+            report["error"] = f"the server's health service says {serving}"
+        return report
 
     def close(self) -> None:
         self.client.close()
+
+
+def _redis_fields(redis: pb.RedisInfo) -> dict[str, Any]:
+    """RedisInfo's figures, with the wire's 0 / "" (unknown) as None."""
+    return {
+        "ping_ms": redis.ping_ms or None,
+        "version": redis.version or None,
+        "connected_clients": redis.connected_clients or None,
+        "used_memory_human": redis.used_memory_human or None,
+        "error": redis.error or None,
+        "age_seconds": redis.age_seconds,
+    }

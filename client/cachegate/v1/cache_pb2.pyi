@@ -184,7 +184,7 @@ class CallStats(_message.Message):
     def __init__(self, calls_total: _Optional[int] = ..., failures_total: _Optional[int] = ..., retries_total: _Optional[int] = ..., hits_total: _Optional[int] = ..., misses_total: _Optional[int] = ..., hit_rate: _Optional[float] = ...) -> None: ...
 
 class RedisInfo(_message.Message):
-    __slots__ = ("healthy", "ping_ms", "version", "connected_clients", "used_memory_human", "hit_rate", "error")
+    __slots__ = ("healthy", "ping_ms", "version", "connected_clients", "used_memory_human", "hit_rate", "error", "age_seconds")
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     PING_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class RedisInfo(_message.Message):
     USED_MEMORY_HUMAN_FIELD_NUMBER: _ClassVar[int]
     HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     healthy: bool
     ping_ms: float
     version: str
@@ -199,7 +200,8 @@ class RedisInfo(_message.Message):
     used_memory_human: str
     hit_rate: float
     error: str
-    def __init__(self, healthy: _Optional[bool] = ..., ping_ms: _Optional[float] = ..., version: _Optional[str] = ..., connected_clients: _Optional[int] = ..., used_memory_human: _Optional[str] = ..., hit_rate: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    age_seconds: float
+    def __init__(self, healthy: _Optional[bool] = ..., ping_ms: _Optional[float] = ..., version: _Optional[str] = ..., connected_clients: _Optional[int] = ..., used_memory_human: _Optional[str] = ..., hit_rate: _Optional[float] = ..., error: _Optional[str] = ..., age_seconds: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("backend", "pool", "breaker", "calls", "redis", "worker_id", "workers", "tenant")

@@ -112,26 +112,40 @@ class CircuitOpenError(ConnectionError):
             cannot know when the operator will release it, so we hint at the
             normal back-off). While HALF_OPEN it is ``0.0``: a slot frees up
             as soon as the in-flight probe finishes, which we cannot predict.
+        forced: True when an operator forced the breaker open: no wait ends
+            it, only the operator's reset, so ``retry_after`` is no promise
+            and callers should not be told to retry after it.
     """
 
     name: str
     state: CircuitState
     retry_after: float
+    forced: bool
 
-    def __init__(self, name: str, state: CircuitState, retry_after: float) -> None:
+    def __init__(
+        self, name: str, state: CircuitState, retry_after: float, forced: bool = False
+    ) -> None:
         # OSError interprets 2+ constructor args as (errno, strerror, ...), so
         # we pass exactly one: the message.
-        super().__init__(
-            f"circuit breaker {name!r} is {state.value}; retry after {retry_after:.3f}s"
-        )
+        if forced:
+            message = (
+                f"circuit breaker {name!r} was forced open by an operator; "
+                "calls are refused until an operator resets it"
+            )
+        else:
+            message = f"circuit breaker {name!r} is {state.value}; retry after {retry_after:.3f}s"
+        super().__init__(message)
         self.name = name
         self.state = state
         self.retry_after = retry_after
+        self.forced = forced
 
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float, bool]]:
         # The default reduction would call cls(message), which does not match
         # our signature; without this the error can't cross process borders.
-        return type(self), (self.name, self.state, self.retry_after)
+        return type(self), (self.name, self.state, self.retry_after, self.forced)
 
 
 def _require_int(field: str, value: object, minimum: int) -> None:
@@ -417,6 +431,7 @@ class CircuitBreaker:
                 elapsed, or forced), or HALF_OPEN with all probe slots taken.
         """
         retry_after = 0.0
+        forced = False
         with self._lock:
             now = self._clock()
             notify = self._refresh_locked(now)
@@ -433,10 +448,11 @@ class CircuitBreaker:
                 self._rejected_total += 1
                 permit = None
                 retry_after = self._retry_after_locked(now)
+                forced = self._forced
         if notify:
             self._dispatch()
         if permit is None:
-            raise CircuitOpenError(self._name, state, retry_after)
+            raise CircuitOpenError(self._name, state, retry_after, forced)
         return permit
 
     def record(self, permit: Permit, outcome: Outcome, elapsed: float | None = None) -> None:

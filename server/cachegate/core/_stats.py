@@ -24,9 +24,13 @@ class CallStats:
     misses_total: int
 
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """The one hit rate cachegate reports (health_check, get_stats, Stats, metrics):
+        hits / (hits + misses) of the reads (GET, MGET, a Pipeline's gets) this process
+        made through its pool since it started; None when it has read nothing. Not
+        rounded, and not Redis's INFO keyspace ratio (that counts every client of Redis)."""
         reads = self.hits_total + self.misses_total
-        return self.hits_total / reads if reads else 0.0
+        return self.hits_total / reads if reads else None
 
 
 class CallCounters:

@@ -2,14 +2,18 @@
 
 The call path of `execute()`:
 
-    breaker.acquire()   - open? raise CircuitOpenError at once, Redis untouched
+    breaker.acquire()   - open? raise CircuitOpenError at once, Redis untouched (once per call)
     slots.acquire()     - wait for a free connection, at most the wait timeout (or deadline)
     backend.run()       - one command, read timeout = socket timeout capped by the deadline
-    breaker.record()    - outage errors count against Redis; replies and our own limits do not
     retry?              - only idempotent commands, only outage errors, only while the breaker
                           is closed and the deadline leaves room for the backoff
+    breaker.record()    - once per call, after its retries: the last attempt that reached
+                          Redis decides; outage errors count against Redis, replies and our
+                          own limits do not
 
-No lock is held across the Redis call.
+So REDIS_FAILURE_THRESHOLD counts failed calls, not attempts: with 3 retries a call
+that fails is one failure (not four), and one that succeeds on a retry is a success.
+No lock is held across the Redis call or the back-off sleep.
 
 While the breaker is OPEN, a prober thread PINGs Redis in the background (no user
 call) on the core's `ProbeSchedule`: about a second after the opening, then at
@@ -30,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -68,6 +73,18 @@ log = logging.getLogger("cachegate.pool")
 
 # A health check must answer quickly even when Redis hangs.
 HEALTH_TIMEOUT = 1.0
+
+
+@dataclass(slots=True)
+class _Verdict:
+    """What one call's attempts showed of Redis: the last attempt that reached it decides."""
+
+    outcome: Outcome = Outcome.IGNORED
+    elapsed: float | None = None
+
+    def saw(self, outcome: Outcome, elapsed: float) -> None:
+        if outcome is not Outcome.IGNORED:
+            self.outcome, self.elapsed = outcome, elapsed
 
 
 class RedisConnectionPool:
@@ -245,8 +262,13 @@ class RedisConnectionPool:
             self._slots.release()
 
     def health_check(self) -> dict[str, Any]:
-        """The seed's health dict. Never raises: a down Redis gives healthy=False and why.
+        """The seed's health dict, live. Never raises: a down Redis gives healthy=False and why.
 
+        The shape (shared with the client's RedisCache.health_check, which reads it
+        from Stats): always the same keys; None for whatever is unknown (no guessed
+        0.0 or ''). `error` is None when healthy; `age_seconds` is how old the figures
+        are (0.0 here: this call just asked Redis); `hit_rate` is the process's own
+        (see CallStats.hit_rate), None before any read.
         It waits at most one second for a free connection; a pool busy for longer
         is reported as unhealthy, with that reason.
         """
@@ -258,8 +280,10 @@ class RedisConnectionPool:
             "used_memory_human": None,
             "hit_rate": self._counters.snapshot().hit_rate,
             "circuit_state": self._breaker.state.value,
-            "backend": self._backend.kind,
             "pool": self._pool_section(),
+            "backend": self._backend.kind,
+            "error": None,
+            "age_seconds": 0.0,
         }
         timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
         # Through the connection gate like any call (so REDIS_MAX_CONNECTIONS holds),
@@ -284,9 +308,6 @@ class RedisConnectionPool:
             connected_clients=info.connected_clients,
             used_memory_human=info.used_memory_human,
         )
-        if info.keyspace_hits is not None and info.keyspace_misses is not None:
-            reads = info.keyspace_hits + info.keyspace_misses
-            report["hit_rate"] = round(info.keyspace_hits / reads, 4) if reads else 0.0
         return report
 
     def get_stats(self) -> dict[str, Any]:
@@ -316,7 +337,7 @@ class RedisConnectionPool:
             "pool_wait_timeouts": calls.wait_timeouts_total,
             "hits": calls.hits_total,
             "misses": calls.misses_total,
-            "hit_rate": round(calls.hit_rate, 4),
+            "hit_rate": calls.hit_rate,  # None before any read (see CallStats.hit_rate)
         }
 
     def close(self) -> None:
@@ -443,32 +464,50 @@ class RedisConnectionPool:
         retryable: bool,
         server_wait: float = 0.0,
     ) -> T:
+        """One call: one breaker permit and one verdict, whatever its retries.
+
+        REDIS_FAILURE_THRESHOLD counts failed calls, so a call is one outcome for the
+        breaker however many attempts it made: the last attempt that reached Redis
+        decides it (an attempt that never asked Redis, such as a pool wait that timed
+        out, leaves the verdict to the one before). The permit is no lock: none is
+        held across the Redis call or the back-off sleep.
+        """
+        self._check_open()
+        permit = self._permit()  # CircuitOpenError: Redis is not touched
+        verdict = _Verdict()
         retries_left = self._config.retry.attempts if retryable else 0
         failures = 0
-        while True:
-            try:
-                return self._attempt(call, deadline, server_wait)
-            except RedisUnavailableError:
-                if retries_left <= 0 or not self._may_retry(deadline):
-                    raise
-                delay = deadline.cap(self._backoff.compute(failures))
-                failures += 1
-                retries_left -= 1
-                self._counters.retry()
-                if delay > 0:
-                    self._sleep(delay)
+        try:
+            while True:
+                try:
+                    return self._attempt(call, deadline, verdict, server_wait)
+                except RedisUnavailableError:
+                    if retries_left <= 0 or not self._may_retry(deadline):
+                        raise
+                    delay = deadline.cap(self._backoff.compute(failures))
+                    failures += 1
+                    retries_left -= 1
+                    self._counters.retry()
+                    if delay > 0:
+                        self._sleep(delay)
+        finally:
+            self._breaker.record(permit, verdict.outcome, verdict.elapsed)
 
     def _attempt(
-        self, call: Callable[[float], T], deadline: Deadline, server_wait: float = 0.0
+        self,
+        call: Callable[[float], T],
+        deadline: Deadline,
+        verdict: _Verdict,
+        server_wait: float = 0.0,
     ) -> T:
-        """One try. Redis gets the socket timeout, plus `server_wait` seconds that the
-        command itself may block (WAIT), capped by what is left of the caller's budget."""
+        """One try; what Redis showed goes into `verdict` (the caller records it once).
+        Redis gets the socket timeout, plus `server_wait` seconds that the command
+        itself may block (WAIT), capped by what is left of the caller's budget."""
         # Every call runs this: the budget is read once, not once per step.
-        self._check_open()
         left = deadline.remaining()
         if left is not None and left <= 0.0:
             raise RedisTimeoutError("the caller's deadline passed before Redis was asked")
-        permit = self._admit(left)
+        self._take_slot(left)
         allowed = self._config.pool.socket_timeout + server_wait
         read_timeout = allowed if left is None else min(allowed, left)
         start = self._clock()
@@ -478,49 +517,58 @@ class RedisConnectionPool:
             kind = classify(exc)
             if kind is ErrorKind.TIMEOUT and read_timeout < allowed:
                 # The caller's short deadline ran out, not Redis's own time: no verdict.
-                self._breaker.record(permit, Outcome.IGNORED)
                 raise RedisTimeoutError(f"deadline exceeded waiting for Redis: {exc}") from exc
-            self._record(permit, kind, self._clock() - start)
+            verdict.saw(self._outcome(kind), self._clock() - start)
             if kind is None:
                 raise
             raise translate(exc, kind) from exc
         finally:
             self._slots.release()
         now = self._clock()
-        self._breaker.record(permit, Outcome.SUCCESS, now - start)
+        verdict.saw(Outcome.SUCCESS, now - start)
         if now >= self._next_reap and self._config.pool.idle_timeout > 0:
             self._next_reap = now + self._reap_every()
             self._backend.reap_idle(self._config.pool.idle_timeout)
         return result
 
-    def _admit(self, left: float | None) -> Permit:
-        """Past the breaker, then a connection slot (waiting at most the pool timeout,
-        and at most `left` seconds of the caller's budget)."""
+    def _permit(self) -> Permit:
+        """The breaker's permit for one call (its retries included)."""
         try:
-            permit = self._breaker.acquire()  # CircuitOpenError: Redis is not touched
+            return self._breaker.acquire()
         except CircuitOpenError as exc:
             raise self._sooner(exc) from None
+
+    def _take_slot(self, left: float | None) -> None:
+        """A connection slot, waiting at most the pool timeout and at most `left`
+        seconds of the caller's budget."""
         wait = self._config.pool.wait_timeout
-        try:
-            acquired = self._slots.acquire(wait if left is None else min(wait, left))
-        except BaseException:  # interrupted while queued: hand back a probe's permit
-            self._breaker.record(permit, Outcome.IGNORED)
-            raise
-        if not acquired:
-            self._breaker.record(permit, Outcome.IGNORED)
+        if not self._slots.acquire(wait if left is None else min(wait, left)):
             self._counters.wait_timeout()
             raise PoolExhaustedError(self._exhausted_message())
         self._counters.call()
+
+    def _admit(self, left: float | None) -> Permit:
+        """Past the breaker, then a connection slot (get_client's one attempt)."""
+        permit = self._permit()
+        try:
+            self._take_slot(left)
+        except BaseException:  # exhausted, or interrupted while queued: no verdict
+            self._breaker.record(permit, Outcome.IGNORED)
+            raise
         return permit
 
-    def _record(self, permit: Permit, kind: ErrorKind | None, elapsed: float) -> None:
+    def _outcome(self, kind: ErrorKind | None) -> Outcome:
         if kind in (ErrorKind.OUTAGE, ErrorKind.TIMEOUT):
             self._counters.failure()
-            self._breaker.record(permit, Outcome.FAILURE, elapsed)
-        elif kind is ErrorKind.REPLY:
-            self._breaker.record(permit, Outcome.SUCCESS, elapsed)
-        else:  # our own capacity, a cancelled call, a caller's bug: no verdict on Redis
-            self._breaker.record(permit, Outcome.IGNORED)
+            return Outcome.FAILURE
+        if kind is ErrorKind.REPLY:
+            return Outcome.SUCCESS
+        # Our own capacity, a cancelled call, a caller's bug: no verdict on Redis.
+        return Outcome.IGNORED
+
+    def _record(self, permit: Permit, kind: ErrorKind | None, elapsed: float) -> None:
+        outcome = self._outcome(kind)
+        self._breaker.record(permit, outcome, None if outcome is Outcome.IGNORED else elapsed)
 
     def _may_retry(self, deadline: Deadline) -> bool:
         # Never retry into an open breaker (the retry would be rejected anyway and

@@ -11,6 +11,12 @@ A readiness probe that takes a pod out of rotation also takes its traffic away,
 and a breaker only half-opens when a call comes. The prober below sends that
 call (a PING through the pool) whenever the breaker is not closed, so the
 service comes back by itself after Redis does.
+
+The same thread keeps the figures Stats shows of Redis (`latest()`): the last
+`health_check()` report and its age. Stats never waits for Redis; a Stats that
+finds the report older than STATS_REFRESH_SECONDS asks this thread for a new one,
+so however often Stats is called a process sends at most one PING and one INFO
+a second for it, and none while nobody asks.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
 from cachegate.core import CircuitOpenError, CircuitState, RepeatedMessage
 from cachegate.pool import CacheError, RedisConnectionPool
 
-__all__ = ["SERVICE_NAME", "HealthReporter"]
+__all__ = ["SERVICE_NAME", "STATS_REFRESH_SECONDS", "HealthReporter", "HealthSample"]
 
 SERVICE_NAME = "cachegate.v1.CacheService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -33,17 +42,38 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 log = logging.getLogger("cachegate.health")
 
+# The freshest Stats' Redis figures get: at most one live probe per this many seconds.
+STATS_REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """A health_check() report and how old it is (seconds); report is None before the first."""
+
+    report: dict[str, Any] | None
+    age_seconds: float
+
 
 class HealthReporter:
     """Owns the health servicer's statuses and the background prober."""
 
-    def __init__(self, pool: RedisConnectionPool, *, probe_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: RedisConnectionPool,
+        *,
+        probe_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.servicer = health.HealthServicer()
         self._pool = pool
         self._probe_interval = probe_interval
+        self._clock = clock
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._ready = threading.Event()
+        self._refresh = threading.Event()  # a Stats found the report stale
+        # (report, when): replaced whole, so readers need no lock.
+        self._latest: tuple[dict[str, Any], float] | None = None
         self._thread = threading.Thread(target=self._run, name="cachegate-health", daemon=True)
         self.servicer.set("", NOT_SERVING)
         self.servicer.set(SERVICE_NAME, NOT_SERVING)
@@ -55,6 +85,35 @@ class HealthReporter:
     def wait_ready(self, timeout: float) -> bool:
         """True once the backend has answered (tests and `make run` use it)."""
         return self._ready.wait(timeout)
+
+    def latest(self) -> HealthSample:
+        """The last health_check() report and its age, at once (no Redis call here).
+
+        A report older than STATS_REFRESH_SECONDS wakes the prober thread for a new
+        one; this caller gets the one there is, its age saying how old.
+        """
+        latest = self._latest
+        age = None if latest is None else max(0.0, self._clock() - latest[1])
+        if age is None or age >= STATS_REFRESH_SECONDS:
+            self._refresh.set()
+            self._wake.set()
+        if latest is None:
+            return HealthSample(None, 0.0)
+        return HealthSample(latest[0], age or 0.0)
+
+    def _check(self) -> dict[str, Any]:
+        report = self._pool.health_check()
+        self._latest = (report, self._clock())
+        return report
+
+    def _refresh_if_asked(self) -> None:
+        if not self._refresh.is_set():
+            return
+        self._refresh.clear()
+        latest = self._latest
+        # Checked here too: many Stats may ask while one probe runs; one probe serves them.
+        if latest is None or self._clock() - latest[1] >= STATS_REFRESH_SECONDS:
+            self._check()
 
     def shutdown(self) -> None:
         """Everything NOT_SERVING for good (grpc_health ignores later set() calls)."""
@@ -77,7 +136,7 @@ class HealthReporter:
         not_ready = RepeatedMessage()
         started = time.monotonic()
         while not self._stop.is_set() and not self._ready.is_set():
-            report = self._pool.health_check()
+            report = self._check()
             if report["healthy"]:
                 self._ready.set()
                 self.servicer.set("", SERVING)
@@ -97,14 +156,20 @@ class HealthReporter:
                     )
                 self._stop.wait(self._probe_interval)
         # Then: probe whenever the breaker is not closed, so it can close again.
+        # And serve Stats' requests for fresh Redis figures meanwhile.
         while not self._stop.is_set():
+            self._refresh_if_asked()
             breaker = self._pool.breaker
             if breaker.state is CircuitState.CLOSED:
                 self._wake.wait(5.0)
                 self._wake.clear()
                 continue
-            wait = max(breaker.retry_after(), self._probe_interval)
-            if self._stop.wait(wait):
+            due = self._clock() + max(breaker.retry_after(), self._probe_interval)
+            while not self._stop.is_set() and (left := due - self._clock()) > 0:
+                self._wake.wait(left)  # woken early by a Stats (or a breaker change)
+                self._wake.clear()
+                self._refresh_if_asked()
+            if self._stop.is_set():
                 return
             # A failed probe is recorded by the breaker; we try again after its timeout.
             with contextlib.suppress(CircuitOpenError, CacheError, ConnectionError):

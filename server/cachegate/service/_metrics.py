@@ -303,8 +303,18 @@ class PoolCollector:
             "Retries of idempotent commands after an outage-class error.",
             stats["retries"],
         )
-        yield counter("cachegate_cache_hits", "Reads that found their key.", stats["hits"])
-        yield counter("cachegate_cache_misses", "Reads that found no value.", stats["misses"])
+        # The hit rate is hits / (hits + misses) of these two (the same counters as
+        # health_check's and Stats' hit_rate): no third, separately computed copy.
+        yield counter(
+            "cachegate_cache_hits",
+            "Reads that found their key; hit rate = hits / (hits + misses).",
+            stats["hits"],
+        )
+        yield counter(
+            "cachegate_cache_misses",
+            "Reads that found no value; hit rate = hits / (hits + misses).",
+            stats["misses"],
+        )
 
 
 class ServerMetrics:

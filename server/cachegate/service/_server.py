@@ -258,8 +258,15 @@ def create_server(
         options=options,
         interceptors=list(interceptors) or None,
     )
+    health = HealthReporter(pool)
     servicer = CacheServicer(
-        pool, limits, worker_id=worker_id, workers=workers, observer=observer, tokens=tokens
+        pool,
+        limits,
+        worker_id=worker_id,
+        workers=workers,
+        observer=observer,
+        tokens=tokens,
+        health=health.latest,
     )
     cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
     behaviors = _behaviors(servicer, cache_service)
@@ -282,7 +289,6 @@ def create_server(
         add_service(server, admin_service, _behaviors(admin, admin_service))
         services.append(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
     pool.add_state_listener(_log_transition)
-    health = HealthReporter(pool)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     add_service(server, health_service, _behaviors(health.servicer, health_service))
     if config.server.reflection:

@@ -20,6 +20,7 @@ from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
 from cachegate.service._decode import Undecodable, undecodable_message
 from cachegate.service._endcall import end_call
 from cachegate.service._fastpath import get_only_keys
+from cachegate.service._health import HealthSample
 from cachegate.service._limits import check_key, check_ttl, check_value
 from cachegate.service._observe import NullObserver, RpcObserver
 from cachegate.service._replies import ReplyBudget, too_large_indexes
@@ -99,8 +100,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         workers: int = 1,
         observer: RpcObserver | None = None,
         tokens: TokenTable | None = None,
+        health: Callable[[], HealthSample] | None = None,
     ) -> None:
         self._observer: RpcObserver = observer or NullObserver()
+        # Stats' Redis figures: the health prober's latest (HealthReporter.latest),
+        # never a Redis call of its own; without a reporter, a live check.
+        self._health = health or (lambda: HealthSample(pool.health_check(), 0.0))
         # With tokens, every key lives in its caller's tenant namespace (see _auth).
         self._tokens = tokens
         self._tenants = TenantCounters()
@@ -512,8 +517,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         if tenant is not None and tenant.role != "admin":
             return self._client_stats(tenant)
         stats = self._pool.get_stats()
-        health = self._pool.health_check()
+        sample = self._health()
+        health = sample.report or {"healthy": False, "error": "no health probe has run yet"}
         snapshot = self._pool.breaker.snapshot()
+        hit_rate = stats["hit_rate"] or 0.0  # None before any read: 0 on the wire
         return pb.StatsResponse(
             backend=stats["backend"],
             pool=pb.PoolStats(
@@ -531,16 +538,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 retries_total=stats["retries"],
                 hits_total=stats["hits"],
                 misses_total=stats["misses"],
-                hit_rate=stats["hit_rate"],
+                hit_rate=hit_rate,
             ),
-            redis=pb.RedisInfo(
+            redis=pb.RedisInfo(  # unknowns (None) go as 0 / ""
                 healthy=health["healthy"],
-                ping_ms=health["ping_ms"] or 0.0,
-                version=health["version"] or "",
-                connected_clients=health["connected_clients"] or 0,
-                used_memory_human=health["used_memory_human"] or "",
-                hit_rate=health["hit_rate"] or 0.0,
-                error=health.get("error", ""),
+                ping_ms=health.get("ping_ms") or 0.0,
+                version=health.get("version") or "",
+                connected_clients=health.get("connected_clients") or 0,
+                used_memory_human=health.get("used_memory_human") or "",
+                hit_rate=hit_rate,  # the one hit rate, as in calls (not the probe's copy)
+                error=health.get("error") or "",
+                age_seconds=sample.age_seconds,
             ),
             worker_id=self._worker_id,
             workers=self._workers,

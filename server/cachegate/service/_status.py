@@ -4,6 +4,7 @@
 |--------------------------------------------|---------------------|----------------------|
 | bad key, value, TTL or batch size          | INVALID_ARGUMENT    | google.rpc.BadRequest|
 | breaker open (Redis not touched)           | UNAVAILABLE         | google.rpc.RetryInfo |
+| breaker forced open by an operator         | UNAVAILABLE         | (no RetryInfo)       |
 | server shutting down (SIGTERM)             | UNAVAILABLE         |                      |
 | Redis refused / reset / down               | UNAVAILABLE         |                      |
 | Redis too slow, or the caller's deadline   | DEADLINE_EXCEEDED   |                      |
@@ -124,6 +125,16 @@ def status_for(exc: BaseException) -> Rejection | None:
         )
     if isinstance(exc, ShuttingDownError):
         return Rejection(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, CircuitOpenError) and exc.forced:
+        # No wait ends a forced opening, only an operator's reset: a RetryInfo would
+        # promise a time that means nothing, and transparent retries are refused (-1).
+        return Rejection(
+            grpc.StatusCode.UNAVAILABLE,
+            "Redis circuit breaker was forced open by an operator (AdminService "
+            "ForceOpenBreaker); calls are refused until an operator resets it "
+            "(ResetBreaker)",
+            trailers=(("grpc-retry-pushback-ms", "-1"),),
+        )
     if isinstance(exc, CircuitOpenError):
         # gRPC clients with a retry policy honour this trailer: wait out a short
         # open period, but do not retry at all into a long one (-1).
