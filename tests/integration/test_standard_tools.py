@@ -153,6 +153,10 @@ def test_reflection_describes_its_v1_service(memory_server: RunningServer) -> No
     assert v1.package == "grpc.reflection.v1"
     (method,) = v1.service[0].method
     assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+    assert method.output_type == ".grpc.reflection.v1.ServerReflectionResponse"
+    references = {field.type_name for message in v1.message_type for field in message.field}
+    assert ".grpc.reflection.v1.ListServiceResponse" in references
+    assert all(name.startswith(".grpc.reflection.v1.") for name in references if name)
 
 
 # --- third-party tools ------------------------------------------------------------------
@@ -176,6 +180,8 @@ def test_grpcurl_lists_describes_and_calls(memory_server: RunningServer) -> None
     described = run([*grpcurl, target, "describe", "cachegate.v1.GetRequest"])
     assert "// GetRequest names the key to read." in described
     assert "// The key: UTF-8" in described
+    field = run([*grpcurl, target, "describe", "cachegate.v1.SetExRequest.value"])
+    assert "base64" in field
     # bytes travel as base64 in JSON: "aGVsbG8=" is b"hello"
     write = '{"key": "greeting", "value": "aGVsbG8=", "ttl_seconds": 60}'
     run([*grpcurl, "-d", write, target, "cachegate.v1.CacheService/SetEx"])

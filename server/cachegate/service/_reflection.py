@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -46,17 +46,30 @@ _V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 def _v1_file() -> descriptor_pb2.FileDescriptorProto:
-    """grpc/reflection/v1/reflection.proto, derived from the v1alpha file."""
+    """grpc/reflection/v1/reflection.proto, derived from the v1alpha file: the same
+    messages and service under the v1 package."""
     proto = descriptor_pb2.FileDescriptorProto()
     reflection_pb2.DESCRIPTOR.CopyToProto(proto)
-    # Type references are fully qualified (".grpc.reflection.v1alpha.X"): one rename
-    # of the package prefix in the serialized text form covers every one of them.
-    text = str(proto).replace(f'"{_V1ALPHA}', f'"{_V1}').replace(f'".{_V1ALPHA}.', f'".{_V1}.')
-    derived = descriptor_pb2.FileDescriptorProto()
-    text_format.Parse(text, derived)
-    derived.name = _V1_FILE
-    derived.package = _V1
-    return derived
+    proto.name = _V1_FILE
+    proto.package = _V1
+    old, new = f".{_V1ALPHA}.", f".{_V1}."  # type references are fully qualified
+
+    def renamed(type_name: str) -> str:
+        return new + type_name.removeprefix(old) if type_name.startswith(old) else type_name
+
+    def rename(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
+        for message in messages:
+            for field in message.field:
+                if field.HasField("type_name"):  # set only where set: presence counts here
+                    field.type_name = renamed(field.type_name)
+            rename(message.nested_type)
+
+    rename(proto.message_type)
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = renamed(method.input_type)
+            method.output_type = renamed(method.output_type)
+    return proto
 
 
 def _v1_service() -> ServiceDescriptor:
@@ -71,21 +84,28 @@ REFLECTION_SERVICES = (f"{_V1}.ServerReflection", f"{_V1ALPHA}.ServerReflection"
 
 
 def _symbols(file: descriptor_pb2.FileDescriptorProto) -> Iterator[str]:
-    """Every name a client may ask the file for: services, methods, messages, enums."""
+    """Every name the file declares: services and their methods, messages and their
+    fields, enums and their values (which, as in C++, live beside their enum)."""
     prefix = f"{file.package}." if file.package else ""
+
+    def enums(types: Iterable[descriptor_pb2.EnumDescriptorProto], scope: str) -> Iterator[str]:
+        for enum in types:
+            yield f"{scope}{enum.name}"
+            yield from (f"{scope}{value.name}" for value in enum.value)
 
     def messages(types: Iterable[descriptor_pb2.DescriptorProto], scope: str) -> Iterator[str]:
         for message in types:
             name = f"{scope}{message.name}"
             yield name
-            yield from (f"{name}.{enum.name}" for enum in message.enum_type)
+            yield from (f"{name}.{field.name}" for field in message.field)
+            yield from enums(message.enum_type, f"{name}.")
             yield from messages(message.nested_type, f"{name}.")
 
     for service in file.service:
         yield f"{prefix}{service.name}"
         yield from (f"{prefix}{service.name}.{method.name}" for method in service.method)
     yield from messages(file.message_type, prefix)
-    yield from (f"{prefix}{enum.name}" for enum in file.enum_type)
+    yield from enums(file.enum_type, prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +187,8 @@ class ReflectionServicer:
         elif kind == "file_containing_symbol":
             self._files(reply, self._index.symbols.get(request.file_containing_symbol))
         elif kind == "all_extension_numbers_of_type":
-            # None of the served files declares an extension: a known message has none.
-            known = request.all_extension_numbers_of_type in self._index.symbols
-            if known:
+            # None of the served files declares an extension: a known type has none.
+            if request.all_extension_numbers_of_type in self._index.symbols:
                 reply.all_extension_numbers_response.base_type_name = (
                     request.all_extension_numbers_of_type
                 )
