@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench soak drills
+.PHONY: run test lint typecheck protos protos-check buf hadolint unit system-deps clean bench soak drills dist
 
 # A stamp per extra, remade when pyproject.toml changes.
 $(VENV)/.server: pyproject.toml
@@ -23,6 +23,13 @@ $(VENV)/.dev: pyproject.toml
 ## run: start the server on the embedded in-memory backend (no Redis needed)
 run: $(VENV)/.server
 	$(BIN)/cachegate-server
+
+## dist: build the wheel into dist/: `pip install dist/cachegate-*.whl` is the client alone
+## (grpcio and protobuf), `pip install 'dist/cachegate-<version>-py3-none-any.whl[server]'` the server too
+DIST ?= dist
+dist: $(VENV)/.server
+	rm -f $(DIST)/cachegate-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(DIST) .
 
 ## test: lint, type checks, contract checks and every test (installs what it needs)
 test: $(VENV)/.dev system-deps lint typecheck protos-check buf hadolint unit

@@ -3,6 +3,11 @@
 One command produces every generated file (`make protos`); `--check` regenerates
 into a scratch folder and fails when the committed files differ, so CI catches a
 .proto edited without regenerating (the temporalio/sdk-python habit).
+
+Beside the code it writes DESCRIPTOR_SET: the same files as a FileDescriptorSet
+*with* source info (the .proto's comments). The generated _pb2 modules embed their
+descriptors without comments, so server reflection serves this set instead and
+`grpcurl describe` shows the documentation; `--check` compares it like the code.
 """
 
 from __future__ import annotations
@@ -21,10 +26,14 @@ OUT_ROOT = ROOT / "client"
 PACKAGE_DIR = Path("cachegate") / "v1"
 # Files in the package folder that are ours, not protoc's.
 HAND_WRITTEN = {"__init__.py", "py.typed"}
+# Read by cachegate.service._reflection (through importlib.resources).
+DESCRIPTOR_SET = "cachegate.binpb"
 
 
 def generate(out_root: Path) -> list[Path]:
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
+    # protoc makes the folders of the code it writes, not the one of the descriptor set.
+    (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -36,6 +45,8 @@ def generate(out_root: Path) -> list[Path]:
         # mypy-protobuf types the gRPC stubs, which protoc's own pyi_out does not.
         f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
         f"--mypy_grpc_out={out_root}",
+        f"--descriptor_set_out={out_root / PACKAGE_DIR / DESCRIPTOR_SET}",
+        "--include_source_info",
         *(str(p) for p in protos),
     ]
     subprocess.run(cmd, check=True)
@@ -52,7 +63,9 @@ def main() -> int:
         fresh = generate(Path(scratch))
         target = OUT_ROOT / PACKAGE_DIR
         names = {p.name for p in fresh}
-        committed = {p.name for p in target.glob("*_pb2*")}
+        committed = {p.name for p in target.glob("*_pb2*")} | {
+            p.name for p in target.glob(DESCRIPTOR_SET)
+        }
         if args.check:
             stale = sorted(
                 name

@@ -381,3 +381,23 @@ def test_health_check_with_redis_down_behind_the_server(
         assert report["error"]
         for name in ("ping_ms", "version", "connected_clients", "used_memory_human"):
             assert report[name] is None, (name, report)
+
+
+def test_one_target_naming_two_servers_spreads_calls_over_both(
+    start_server: StartServer,
+) -> None:
+    # A headless Service's dns:/// name resolves to one address per pod; the `ipv4:`
+    # resolver hands the channel the same kind of address list offline, and the policy
+    # that picks among the addresses (the service config's) is the same code either way.
+    first, second = start_server(), start_server()
+    target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
+    gets = 200
+    with CacheClient(target) as client:
+        for n in range(gets):
+            assert client.get(f"spread:{n}") is None
+    misses = [
+        server.stub.Stats(pb.StatsRequest(), timeout=5).calls.misses_total
+        for server in (first, second)
+    ]
+    assert sum(misses) == gets
+    assert min(misses) > 0, f"one server got every call: {misses}"

@@ -39,13 +39,19 @@ Resp = TypeVar("Resp")
 
 
 def service_config(*, retries: bool) -> str:
-    """gRPC service config: retry UNAVAILABLE with backoff, for the idempotent RPCs only.
+    """gRPC service config: round_robin, and retry UNAVAILABLE with backoff for the
+    idempotent RPCs only.
+
+    round_robin: a target that resolves to several addresses (`dns:///` naming a
+    headless Service, or `ipv4:a:p,b:p`) gets a connection to each and spreads calls
+    over the ready ones; grpc's default, pick_first, would send everything to one
+    replica. A target with one address behaves the same under both.
 
     Get, SetEx, Delete and Stats leave the same state when run twice; Pipeline is a
     stream and is never retried by the channel. The server adds
     grpc-retry-pushback-ms when its breaker is open, so a retry never hammers it.
     """
-    config: dict[str, Any] = {"methodConfig": []}
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": []}
     if retries:
         config["methodConfig"].append(
             {

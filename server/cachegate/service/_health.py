@@ -6,6 +6,8 @@
 - cachegate.v1.CacheService follows the breaker: CLOSED -> SERVING, otherwise NOT_SERVING.
 
 grpc_health's servicer starts "" as SERVING; we set NOT_SERVING first thing.
+It has no List (grpcio-health-checking answers UNIMPLEMENTED): ListingHealthServicer
+adds it from the statuses it is given.
 
 A readiness probe that takes a pod out of rotation also takes its traffic away,
 and a breaker only half-opens when a call comes. The prober below sends that
@@ -29,12 +31,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from cachegate.core import CircuitOpenError, CircuitState, RepeatedMessage
 from cachegate.pool import CacheError, RedisConnectionPool
 
-__all__ = ["SERVICE_NAME", "STATS_REFRESH_SECONDS", "HealthReporter", "HealthSample"]
+__all__ = [
+    "SERVICE_NAME",
+    "STATS_REFRESH_SECONDS",
+    "HealthReporter",
+    "HealthSample",
+    "ListingHealthServicer",
+]
 
 SERVICE_NAME = "cachegate.v1.CacheService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -54,6 +63,48 @@ class HealthSample:
     age_seconds: float
 
 
+class ListingHealthServicer(health.HealthServicer):
+    """grpc_health's servicer plus List: a snapshot of every status that was set.
+
+    health.proto's List contract: a non-atomic snapshot of every service the server
+    reports, the overall "" included (as grpc-go's server does). The contract lets a
+    server with too many services answer RESOURCE_EXHAUSTED; cachegate reports two.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The statuses as Check answers them, kept beside the base class's own map
+        # (which is private); one lock so a List never sees half a shutdown.
+        self._listed_lock = threading.RLock()
+        self._listed: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {
+            health.OVERALL_HEALTH: SERVING
+        }
+        self._listed_frozen = False
+
+    def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        with self._listed_lock:
+            super().set(service, status)
+            if not self._listed_frozen:
+                self._listed[service] = status
+
+    def enter_graceful_shutdown(self) -> None:
+        # The base class marks every service NOT_SERVING through set(), then ignores
+        # later calls: the listed statuses follow, then freeze the same way.
+        with self._listed_lock:
+            super().enter_graceful_shutdown()
+            self._listed_frozen = True
+
+    def List(  # noqa: N802  # the RPC's name in health.proto
+        self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        with self._listed_lock:
+            statuses = dict(self._listed)
+        reply = health_pb2.HealthListResponse()
+        for service, status in statuses.items():
+            reply.statuses[service].status = status
+        return reply
+
+
 class HealthReporter:
     """Owns the health servicer's statuses and the background prober."""
 
@@ -64,7 +115,7 @@ class HealthReporter:
         probe_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.servicer = health.HealthServicer()
+        self.servicer = ListingHealthServicer()
         self._pool = pool
         self._probe_interval = probe_interval
         self._clock = clock

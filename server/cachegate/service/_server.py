@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
 
 from cachegate.core import CircuitState, Config, LimitSettings
 from cachegate.pool import RedisConnectionPool
@@ -25,6 +24,7 @@ from cachegate.service._board import BreakerCommands
 from cachegate.service._decode import add_service
 from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
+from cachegate.service._reflection import enable_reflection
 from cachegate.service._servicer import CacheServicer
 from cachegate.service._status import INTERNAL, ShuttingDownError, abort, status_for
 from cachegate.service._threads import RpcThreadPool
@@ -292,7 +292,7 @@ def create_server(
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
     add_service(server, health_service, _behaviors(health.servicer, health_service))
     if config.server.reflection:
-        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
+        enable_reflection(services, server)  # v1 and v1alpha, with the .proto's comments
     address = listen or config.server.listen
     failure: RuntimeError | None = None
     try:
