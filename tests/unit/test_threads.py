@@ -272,7 +272,8 @@ def idling(share: float, period: float) -> Callable[[float], float]:
 
 
 def readings(cpu: Callable[[float], float], seconds: float, tick: float) -> Iterator[float]:
-    """(wall, cpu) every `tick` from 0 to `seconds`, as the pool's watcher reads them."""
+    """The wall-clock times of the watcher's readings of `cpu`: every `tick` up to
+    `seconds`."""
     for n in range(1, round(seconds / tick) + 1):
         yield n * tick
 
