@@ -231,7 +231,9 @@ def server_env(redis_url: str, port: int, **settings: str) -> dict[str, str]:
     """cachegate-server's environment for a load run: this Redis, this port, quiet logs.
 
     `settings` add or override variables (CACHEGATE_WORKERS="2", ...); by default one
-    worker and no HTTP side port.
+    worker and no HTTP side port. Pinned (CACHEGATE_PIN_CPUS=1, off by default in the
+    server): the figures in docs/performance.md were measured pinned, one process per
+    CPU, as grpc_floor.py runs; so they stay comparable.
     """
     return {
         **os.environ,
@@ -240,6 +242,7 @@ def server_env(redis_url: str, port: int, **settings: str) -> dict[str, str]:
         "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
         "CACHEGATE_HTTP_LISTEN": "off",
         "CACHEGATE_WORKERS": "1",
+        "CACHEGATE_PIN_CPUS": "1",
         "CACHEGATE_LOG_LEVEL": "WARNING",
         **settings,
     }

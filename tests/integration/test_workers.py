@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import pytest
@@ -41,11 +41,14 @@ SERVER = str(Path(sys.executable).parent / "cachegate-server")
 class ServerProcess:
     """A `cachegate-server` subprocess whose JSON log goes to a file we can read any time."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, command: list[str] | None = None) -> None:
         self.log_path = log
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
-                [SERVER], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=err
+                command or [SERVER],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
             )
 
     def logs(self) -> list[dict[str, Any]]:
@@ -73,12 +76,16 @@ class ServerProcess:
             self.proc.wait()
 
 
+class Launch(Protocol):
+    def __call__(self, env: dict[str, str], command: list[str] | None = None) -> ServerProcess: ...
+
+
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+def launch(tmp_path: Path) -> Iterator[Launch]:
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str]) -> ServerProcess:
-        server = ServerProcess(env, tmp_path / f"server-{len(started)}.log")
+    def start(env: dict[str, str], command: list[str] | None = None) -> ServerProcess:
+        server = ServerProcess(env, tmp_path / f"server-{len(started)}.log", command)
         started.append(server)
         return server
 
@@ -213,7 +220,7 @@ def test_worker_mode_refuses_port_zero() -> None:
 
 
 def test_two_workers_share_the_port_and_the_connection_budget(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+    launch: Launch, redis_server: RedisProcess
 ) -> None:
     port, http_port = free_port(), two_free_ports()
     server = launch(redis_env(redis_server, port, CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}"))
@@ -301,15 +308,13 @@ def test_two_workers_share_the_port_and_the_connection_budget(
         assert not _alive(pid), f"worker {pid} outlived the supervisor"
     exited = server.messages("worker exited")
     assert sorted(e["exit_code"] for e in exited) == [0, 0]
-    # Each worker ran on its own CPU of those allowed (round robin).
-    cpus = sorted(os.sched_getaffinity(0))
+    # No worker pinned itself (CACHEGATE_PIN_CPUS is off by default; pinned layouts:
+    # test_no_process_pins_itself_unless_asked).
     started_on = {e["worker_id"]: e["cpu"] for e in server.messages("worker started")}
-    assert started_on == {i: cpus[i % len(cpus)] for i in (0, 1)}
+    assert started_on == {0: None, 1: None}
 
 
-def test_a_dead_worker_is_restarted(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
-) -> None:
+def test_a_dead_worker_is_restarted(launch: Launch, redis_server: RedisProcess) -> None:
     port = free_port()
     server = launch(redis_env(redis_server, port))
     target = f"127.0.0.1:{port}"
@@ -326,7 +331,7 @@ def test_a_dead_worker_is_restarted(
 
 
 def test_a_worker_that_keeps_dying_is_restarted_with_backoff(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+    launch: Launch, redis_server: RedisProcess
 ) -> None:
     port = free_port()
     server = launch(redis_env(redis_server, port))
@@ -391,7 +396,7 @@ def test_a_worker_failing_its_first_start_stops_the_supervisor(code: int) -> Non
 
 
 def test_workers_stop_when_the_supervisor_is_killed(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
+    launch: Launch, redis_server: RedisProcess
 ) -> None:
     port = free_port()
     server = launch(redis_env(redis_server, port))
@@ -417,7 +422,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
 
 
 def test_memory_backend_runs_one_worker(
-    launch: Callable[[dict[str, str]], ServerProcess],
+    launch: Launch,
 ) -> None:
     port = free_port()
     server = launch(
@@ -449,9 +454,7 @@ def test_memory_backend_runs_one_worker(
     assert not server.messages("supervising")
 
 
-def test_a_second_server_on_the_port_fails(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess
-) -> None:
+def test_a_second_server_on_the_port_fails(launch: Launch, redis_server: RedisProcess) -> None:
     port, http_port = free_port(), two_free_ports()
     first = launch(redis_env(redis_server, port, CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}"))
     assert worker_ids(f"127.0.0.1:{port}", first, {0, 1}) == {0, 1}
@@ -550,7 +553,7 @@ def _serving_count(server: ServerProcess, worker_id: int) -> int:
 
 
 def test_admin_rpcs_reach_every_worker_and_later_ones(
-    launch: Callable[[dict[str, str]], ServerProcess], redis_server: RedisProcess, tmp_path: Path
+    launch: Launch, redis_server: RedisProcess, tmp_path: Path
 ) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{ADMIN_TOKEN} ops admin\n{ALICE_TOKEN} alice client\n")
@@ -608,3 +611,100 @@ def test_admin_rpcs_reach_every_worker_and_later_ones(
     assert {e["worker"] for e in applied} == {0, 1}
     admin_channel.close()
     assert server.stop() == 0, server.log_path.read_text()
+
+
+# --- CPU placement: pinning is opt-in, the worker count follows the CPU quota -----------
+
+
+def affinity_of(pid: int) -> set[int]:
+    return set(os.sched_getaffinity(pid))
+
+
+def test_no_process_pins_itself_unless_asked(launch: Launch, redis_server: RedisProcess) -> None:
+    # On a shared machine (a Kubernetes node without exclusive cores) every cachegate
+    # pinning itself would pick the same lowest-numbered CPUs.
+    ours = affinity_of(0)
+    if len(ours) < 2:
+        pytest.skip("one CPU here: pinned and unpinned look the same")
+    port = free_port()
+    single = launch(redis_env(redis_server, port, CACHEGATE_WORKERS="1"))
+    assert worker_ids(f"127.0.0.1:{port}", single, {0}) == {0}
+    assert affinity_of(single.proc.pid) == ours
+    assert not single.messages("pinned to one CPU")
+    assert single.stop() == 0
+
+    port = free_port()
+    workers = launch(redis_env(redis_server, port))
+    assert worker_ids(f"127.0.0.1:{port}", workers, {0, 1}) == {0, 1}
+    assert [affinity_of(pid) for pid in workers.worker_pids().values()] == [ours, ours]
+    assert workers.stop() == 0
+
+    port = free_port()
+    pinned = launch(redis_env(redis_server, port, CACHEGATE_PIN_CPUS="1"))
+    assert worker_ids(f"127.0.0.1:{port}", pinned, {0, 1}) == {0, 1}
+    first, second = sorted(ours)[:2]
+    pids = pinned.worker_pids()
+    assert (affinity_of(pids[0]), affinity_of(pids[1])) == ({first}, {second})
+    assert pinned.stop() == 0
+
+
+@pytest.fixture
+def cpu_cgroup() -> Iterator[Callable[[int], Path]]:
+    """A real cgroup v1 `cpu` group with a CFS quota, made for one test and removed after
+    (skipped where the machine does not let us make one: no v1 cpu hierarchy, no rights)."""
+    made: list[Path] = []
+
+    def make(quota_us: int) -> Path:
+        parent = Path("/sys/fs/cgroup/cpu")
+        group = parent / f"cachegate-test-{os.getpid()}-{len(made)}"
+        try:
+            group.mkdir()
+        except OSError as exc:
+            pytest.skip(f"cannot make a cgroup here ({parent}: {exc})")
+        made.append(group)
+        try:
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+        except OSError as exc:
+            pytest.skip(f"cannot set a CPU quota here ({group}: {exc})")
+        return group
+
+    yield make
+    for group in made:
+        deadline = time.monotonic() + 10
+        while True:
+            # Only the test's own server is in the group: a test that failed half-way
+            # may leave it running (this teardown runs before `launch`'s).
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def test_the_worker_count_follows_a_real_cgroup_cpu_quota(
+    launch: Launch, redis_server: RedisProcess, cpu_cgroup: Callable[[int], Path]
+) -> None:
+    if len(affinity_of(0)) < 2:
+        pytest.skip("one CPU here: the quota cannot lower the worker count")
+    group = cpu_cgroup(50_000)  # half a CPU
+    # The server starts inside the group (it joins it, then becomes cachegate-server).
+    enter = (
+        "import os, sys; "
+        f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid())); "
+        f"os.execv({SERVER!r}, [{SERVER!r}])"
+    )
+    port = free_port()
+    server = launch(
+        redis_env(redis_server, port, CACHEGATE_WORKERS="0"), [sys.executable, "-c", enter]
+    )
+    assert worker_ids(f"127.0.0.1:{port}", server, {0}) == {0}
+    assert stats(f"127.0.0.1:{port}").workers == 1  # two CPUs here, but half a CPU's time
+    (plan,) = server.messages("one process, no supervisor")
+    assert (plan["workers"], plan["cpu_quota"], plan["cpu_share_each"]) == (1, 0.5, 0.5)
+    assert server.stop() == 0

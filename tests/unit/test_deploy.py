@@ -25,10 +25,13 @@ import yaml
 
 from cachegate.client import SERVICE_NAME
 from cachegate.core import SETTINGS, load_config
+from cachegate.service._cpus import CpuQuota
+from cachegate.service._workers import plan_workers
 from conftest import RunningServer, StartServer
 from redisprocs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+BIG_NODE = list(range(64))  # the CPUs a container may run on: all of a big node's
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -142,6 +145,13 @@ def is_subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def cpu_quota(value: str | float) -> CpuQuota:
+    """A CPU limit ("1", "500m", 1.5) as the CFS quota the container runtime sets."""
+    text = str(value).strip()
+    milli = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
+    return CpuQuota(milli * 100, 100_000)
+
+
 # --- Kubernetes -----------------------------------------------------------------------
 
 
@@ -238,7 +248,7 @@ def test_config_map_holds_real_settings_that_load() -> None:
     config = load_config({**data, "REDIS_PASSWORD": "from-the-secret"})
     assert config.backend == "redis"
     assert config.redis.password is not None
-    assert config.server.workers == 1, "one process per pod; scale with replicas"
+    # The worker count: test_workers_follow_the_pods_cpu_limit_and_pin_nothing.
     # The pod's ports are the ones the server listens on, on every interface.
     ports = container_ports()
     assert data["CACHEGATE_LISTEN"] == f"0.0.0.0:{ports['grpc']}"
@@ -263,6 +273,21 @@ def test_pod_runs_unprivileged_with_a_read_only_root() -> None:
     resources = container()["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])
     assert "memory" in resources["limits"]
+
+
+def test_workers_follow_the_pods_cpu_limit_and_pin_nothing() -> None:
+    # The pod may run on every CPU of its node; its CPU limit is a quota. The worker
+    # count the server plans from the ConfigMap and that quota is the limit's CPUs
+    # (rounded up): more would share the quota, fewer would leave part of it unused.
+    limit = container()["resources"]["limits"]["cpu"]
+    quota = cpu_quota(limit)
+    plan = plan_workers(load_config(config_data()), BIG_NODE, quota)
+    assert plan.workers == quota.whole_cpus, f"{plan.workers} workers for a CPU limit of {limit}"
+    assert plan.cpu_share == min(1.0, quota.cpus)
+    # Pods share the node's CPUs: pinning would put every pod on the same ones.
+    assert not plan.pin
+    # Each worker serves its metrics on 9464 + its id; one is scraped.
+    assert plan.workers == 1, "more workers need their metrics ports scraped too"
 
 
 def test_service_targets_the_container_ports() -> None:
@@ -428,6 +453,18 @@ def test_compose_waits_for_a_healthy_redis() -> None:
     stop = cachegate["stop_grace_period"]
     assert stop.endswith("s")
     assert float(stop[:-1]) > grace
+
+
+def test_compose_workers_follow_the_containers_cpu_limit_and_pin_nothing() -> None:
+    cachegate = compose()["services"]["cachegate"]
+    env = {k: str(v) for k, v in cachegate["environment"].items()}
+    assert "cpus" in cachegate, "a CPU limit: the default worker count follows it"
+    quota = cpu_quota(cachegate["cpus"])
+    plan = plan_workers(load_config(env), BIG_NODE, quota)
+    assert plan.workers == quota.whole_cpus
+    assert not plan.pin  # the host's CPUs are shared with everything else on it
+    # One worker: the published metrics port is its only one.
+    assert plan.workers == 1
 
 
 # --- the HEALTHCHECK command ----------------------------------------------------------

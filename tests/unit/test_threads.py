@@ -12,7 +12,8 @@ from concurrent import futures
 
 import pytest
 
-from cachegate.service._threads import RpcThreadPool
+from cachegate.service._cpus import CpuQuota, process_cpu_share
+from cachegate.service._threads import CpuGauge, RpcThreadPool
 
 WAIT = 5.0  # seconds any single expectation may take before the test fails
 
@@ -228,6 +229,151 @@ def test_calls_waiting_for_a_thread_run_in_the_order_they_came(
         futures.wait(calls, timeout=WAIT)
         eventually(lambda: bool(later) and later[0].done(), "the late call to run")
         assert order == [*range(20), 99]
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+# --- the growth rule on a 0.5-CPU quota and on 16 CPUs ------------------------------------
+#
+# The rule's conditions are given, not found on this machine: the CPU the process may use
+# (`cpu_share`, from the quota or the affinity set: `_cpus.process_cpu_share`) and a
+# process CPU clock. A process at its quota runs flat out, then is throttled, within each
+# quota period; a process on 16 CPUs runs its Python work on about one (the GIL).
+
+HALF_CPU_QUOTA = CpuQuota(50_000, 100_000)
+CONDITIONS = {
+    # name: (cpu_share, quota period in seconds)
+    "0.5-CPU quota": (process_cpu_share(16, HALF_CPU_QUOTA, 1), HALF_CPU_QUOTA.period),
+    "16 CPUs": (process_cpu_share(16, None, 1), 0.0),
+}
+
+
+def throttled(share: float, period: float) -> Callable[[float], float]:
+    """CPU time of a process saturating its quota: it runs at full speed for `share` of
+    each period, then waits for the next period."""
+    run = share * period
+
+    def cpu(t: float) -> float:
+        whole, into = divmod(t, period)
+        return whole * run + min(into, run)
+
+    return cpu
+
+
+def saturated(share: float, period: float) -> Callable[[float], float]:
+    """CPU time of a process that uses all the CPU it may: every call waits for CPU."""
+    return throttled(share, period) if period else (lambda t: share * t)
+
+
+def idling(share: float, period: float) -> Callable[[float], float]:
+    """CPU time of a process whose calls wait on Redis: a tenth of its CPU in use."""
+    return lambda t: share * t / 10
+
+
+def readings(cpu: Callable[[float], float], seconds: float, tick: float) -> Iterator[float]:
+    """The wall-clock times of the watcher's readings of `cpu`: every `tick` up to
+    `seconds`."""
+    for n in range(1, round(seconds / tick) + 1):
+        yield n * tick
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_the_gauge_sees_no_room_in_a_saturated_process(condition: str) -> None:
+    share, period = CONDITIONS[condition]
+    cpu = saturated(share, period)
+    # Watcher ticks of 10 ms, and of 7 ms and 30 ms (a watcher that is itself throttled
+    # or late reads at odd times): never room, from the first tick to the last.
+    for tick in (0.01, 0.007, 0.03):
+        gauge = CpuGauge(share, period, 0.0, 0.0)
+        rooms = [gauge.room(t, cpu(t)) for t in readings(cpu, 3.0, tick)]
+        assert not any(rooms), f"{condition}, tick {tick}: room at {rooms.index(True)}"
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_the_gauge_sees_room_while_the_process_idles(condition: str) -> None:
+    share, period = CONDITIONS[condition]
+    cpu = idling(share, period)
+    gauge = CpuGauge(share, period, 0.0, 0.0)
+    rooms = [gauge.room(t, cpu(t)) for t in readings(cpu, 1.0, 0.01)]
+    assert not rooms[0]  # it starts as if saturated: no guess
+    first = rooms.index(True)
+    assert first <= max(5, round(period / 0.01))  # a few ticks, or one quota period
+    assert all(rooms[first:])
+
+
+def test_the_gauge_judges_against_the_cpu_the_process_may_use() -> None:
+    # 0.3 CPU in use: room for a process that may use one CPU, none for one held to
+    # 0.5 CPU by its quota (the old rule compared with half of one CPU on every host).
+    for share, period, room in ((1.0, 0.0, True), (0.5, 0.1, False)):
+        gauge = CpuGauge(share, period, 0.0, 0.0)
+        results = [gauge.room(t, 0.3 * t) for t in readings(lambda t: t, 1.0, 0.01)]
+        assert results[-1] is room, share
+
+
+def test_under_a_quota_a_throttled_stretch_is_not_idle_cpu() -> None:
+    # Judged tick by tick, the half period a saturated 0.5-CPU process spends throttled
+    # reads as idle (no CPU used at all); over the whole period it is at its quota.
+    share, period = CONDITIONS["0.5-CPU quota"]
+    cpu = throttled(share, period)
+    without_period = CpuGauge(share, 0.0, 0.0, 0.0)  # what a tick-by-tick rule sees
+    assert any(without_period.room(t, cpu(t)) for t in readings(cpu, 1.0, 0.01))
+    gauge = CpuGauge(share, period, 0.0, 0.0)
+    assert not any(gauge.room(t, cpu(t)) for t in readings(cpu, 1.0, 0.01))
+
+
+def test_bad_gauge_figures_are_refused() -> None:
+    with pytest.raises(ValueError, match="share"):
+        CpuGauge(0.0, 0.1, 0.0, 0.0)
+    with pytest.raises(ValueError, match="period"):
+        CpuGauge(1.0, -1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_calls_waiting_for_a_saturated_cpu_get_no_threads_at_either_size(
+    condition: str, release: threading.Event
+) -> None:
+    share, period = CONDITIONS[condition]
+    cpu = saturated(share, period)
+    pool = RpcThreadPool(
+        2,
+        10,
+        held_after=WAIT * 10,  # out of play: only the blocked-call rule could add threads
+        blocked_after=0.005,
+        cpu_share=share,
+        cpu_period=period,
+        cpu_clock=lambda: cpu(time.monotonic()),
+    )
+    try:
+        calls = [pool.submit(release.wait, WAIT) for _ in range(6)]
+        eventually(lambda: sum(f.running() for f in calls) == 2, "the core threads to start")
+        time.sleep(0.5)  # the watcher has looked ~50 times, over five quota periods
+        assert pool.threads == 2, condition
+        assert sum(f.running() for f in calls) == 2
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_calls_blocked_while_the_cpu_idles_get_threads_at_either_size(
+    condition: str, release: threading.Event
+) -> None:
+    share, period = CONDITIONS[condition]
+    cpu = idling(share, period)
+    pool = RpcThreadPool(
+        2,
+        10,
+        held_after=WAIT * 10,
+        blocked_after=0.005,
+        cpu_share=share,
+        cpu_period=period,
+        cpu_clock=lambda: cpu(time.monotonic()),
+    )
+    try:
+        blocked = [pool.submit(release.wait, WAIT) for _ in range(6)]
+        eventually(lambda: all(f.running() for f in blocked), "a thread for every blocked call")
+        assert pool.threads == 6, condition
     finally:
         release.set()
         pool.shutdown()

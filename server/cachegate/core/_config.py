@@ -173,8 +173,12 @@ class ServerSettings:
     http_read_timeout: float = 5.0
     grace_seconds: float = 10.0
     reflection: bool = True
-    workers: int = 0  # 0 means one per CPU
+    workers: int = 0  # 0 means one per CPU the process may use (affinity and quota)
+    pin_cpus: bool = False
     rpc_threads: int = 8
+    # Not settings: what the supervisor found (service/_cpus.py), for the thread pool.
+    cpu_share: float = 1.0  # the CPU one process may use, in CPUs
+    cpu_period: float = 0.0  # the CPU quota's period in seconds; 0 without a quota
     log_level: str = "INFO"
 
 
@@ -366,8 +370,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_REFLECTION", "server", "reflection", "1",
             "serve gRPC server reflection (for grpcurl)", _bool),
     Setting("CACHEGATE_WORKERS", "server", "workers", "0",
-            "worker processes sharing the port; 0 = one per CPU (memory backend: always 1)",
-            _int(0)),
+            "worker processes sharing the port; 0 = one per CPU the process may use: the "
+            "smaller of its CPU affinity and its cgroup CPU quota rounded up (memory backend: "
+            "always 1)", _int(0)),
+    Setting("CACHEGATE_PIN_CPUS", "server", "pin_cpus", "0",
+            "1 pins each worker (or the single process) to one CPU of its affinity set, round "
+            "robin; only for CPUs this server has to itself (exclusive cores)", _bool),
     Setting("CACHEGATE_RPC_THREADS", "server", "rpc_threads", "8",
             "threads kept serving RPCs per process; long calls (streams, a hung Redis) "
             "get more, up to CACHEGATE_MAX_CONCURRENT_RPCS", _int(1)),

@@ -250,7 +250,10 @@ def create_server(
     # A few hot threads, and one more for each call that holds a thread for long
     # (a stream, a hung Redis), up to the RPC limit: see _threads.py.
     threads = RpcThreadPool(
-        min(config.server.rpc_threads, limits.max_concurrent_rpcs), limits.max_concurrent_rpcs
+        min(config.server.rpc_threads, limits.max_concurrent_rpcs),
+        limits.max_concurrent_rpcs,
+        cpu_share=config.server.cpu_share,  # the CPU this process may use (_cpus.py)
+        cpu_period=config.server.cpu_period,
     )
     server = grpc.server(
         threads,  # type: ignore[arg-type]  # grpc only calls submit(); its stubs name one class

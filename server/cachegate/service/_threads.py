@@ -24,7 +24,15 @@ threads are free), or after `idle_exit` seconds without work.
 Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (a Python
 Condition per hand-off measured ~15 µs more per call); the held-thread check runs on
 a watcher thread that wakes every `2 * blocked_after` while the pool is busy and
-reads the process's CPU time to tell the two kinds of busy apart.
+reads the process's CPU time to tell the two kinds of busy apart (`CpuGauge`).
+
+"CPU time unused" is judged against the CPU this process may use (`cpu_share`: its
+part of the affinity set and of the cgroup quota, at most the one CPU the GIL lets it
+use; `_cpus.process_cpu_share`), never against a fixed figure: a process held to half
+a CPU by its quota never uses more than that, and would otherwise look idle while it
+waits for the CPU. Under a quota the process runs, then is throttled, within each
+quota period: there the CPU time is also averaged over at least one period, so a
+throttled stretch does not look like idle CPU.
 """
 
 from __future__ import annotations
@@ -32,20 +40,69 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["RpcThreadPool"]
+__all__ = ["CPU_ROOM", "CPU_SMOOTHING", "CpuGauge", "RpcThreadPool"]
 
 # The process counts as leaving CPU time unused while the CPU time it used, averaged
-# over the last ticks, stays below this share of one CPU (the GIL keeps the Python
-# work of a worker process on about one CPU). Measured on a 2-vCPU host: a worker
-# saturated by h2load averaged 0.65-1.0 (single ticks fell as low as 0.0, which is
-# why one tick alone decides nothing); one serving a slow Redis (drill 10) 0.3-0.6.
+# over the last ticks, stays below this part of the CPU it may use (`cpu_share`). A
+# saturated worker used 65-100% of its share, one serving a slow Redis (drill 10)
+# 30-60% (docs/performance.md); single ticks fell as low as 0% even when saturated,
+# which is why one tick alone decides nothing.
 CPU_ROOM = 0.5
 # Weight of the newest tick in that average: about the last five ticks count.
 CPU_SMOOTHING = 0.3
+
+
+class CpuGauge:
+    """Tells from the process's CPU time whether it leaves CPU unused (pure: the
+    caller passes the clock readings, one per watcher tick).
+
+    `share`: the CPU the process may use, in CPUs. Two averages must both be below
+    CPU_ROOM of it: one over the last ticks (it follows a slow Redis within a few
+    ticks), and, under a CPU quota (`period` > 0, in seconds), one over at least a
+    whole quota period: a process at its quota runs, then is throttled, within each
+    period, and a throttled stretch must not look like idle CPU. Until a period has
+    been read it answers "no room" (as if saturated: a guess must not start threads).
+    """
+
+    __slots__ = ("_average", "_last", "_period", "_room_below", "_samples")
+
+    def __init__(self, share: float, period: float, wall: float, cpu: float) -> None:
+        if share <= 0 or period < 0:
+            raise ValueError(f"need share > 0 and period >= 0, got {share}, {period}")
+        self._room_below = CPU_ROOM * share
+        self._period = period
+        self._average = share  # start as if saturated
+        self._last = (wall, cpu)
+        self._samples: deque[tuple[float, float]] = deque([(wall, cpu)])
+
+    def room(self, wall: float, cpu: float) -> bool:
+        """Add a reading (wall clock, process CPU time); did the process use less than
+        CPU_ROOM of its share lately?"""
+        last_wall, last_cpu = self._last
+        self._last = (wall, cpu)
+        if wall > last_wall:
+            used = (cpu - last_cpu) / (wall - last_wall)
+            self._average += CPU_SMOOTHING * (used - self._average)
+        if not self._period:
+            return self._average < self._room_below
+        samples = self._samples
+        samples.append((wall, cpu))
+        # Keep the newest reading at least a period old as the window's start.
+        while len(samples) > 2 and wall - samples[1][0] >= self._period:
+            samples.popleft()
+        first_wall, first_cpu = samples[0]
+        span = wall - first_wall
+        return (
+            self._average < self._room_below
+            and span >= self._period
+            and (cpu - first_cpu) / span < self._room_below
+        )
+
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,10 +121,14 @@ class RpcThreadPool(futures.Executor):
         held_after: float = 0.05,
         blocked_after: float = 0.005,
         idle_exit: float = 60.0,
+        cpu_share: float = 1.0,
+        cpu_period: float = 0.0,
         name: str = "cachegate-rpc",
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
+        """`cpu_share`: the CPU this process may use, in CPUs; `cpu_period`: its CPU
+        quota's period in seconds (0: no quota). Both from `_cpus.py` via the plan."""
         if not 1 <= core <= limit:
             raise ValueError(f"need 1 <= core <= limit, got core={core} limit={limit}")
         self._core = core
@@ -80,6 +141,7 @@ class RpcThreadPool(futures.Executor):
         self._idle_exit = idle_exit
         self._name = name
         self._clock = clock
+        self._gauge = CpuGauge(cpu_share, cpu_period, clock(), cpu_clock())
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the thread count and shutdown
         self._threads = 0
@@ -183,18 +245,12 @@ class RpcThreadPool(futures.Executor):
                 break
 
     def _watch(self) -> None:
-        last_wall, last_cpu = self._clock(), self._cpu_clock()
-        share = 1.0  # start as if saturated: no growth on a blocked-call guess at first
+        gauge = self._gauge
         while not self._shutdown:
             self._busy.wait()
             # Look again once a thread could have been held for long.
             time.sleep(2 * self._blocked_after)
-            wall, cpu = self._clock(), self._cpu_clock()
-            if wall > last_wall:
-                used = (cpu - last_cpu) / (wall - last_wall)
-                share += CPU_SMOOTHING * (used - share)
-            self._cpu_room = share < CPU_ROOM
-            last_wall, last_cpu = wall, cpu
+            self._cpu_room = gauge.room(self._clock(), self._cpu_clock())
             self._grow_past_held()
             if not self._busy_since and not self._queue.qsize():
                 self._busy.clear()  # nothing runs: sleep until the next submit

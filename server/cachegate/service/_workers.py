@@ -4,7 +4,8 @@ A CPython process serves gRPC on about one core (the GIL); to use every core,
 `cachegate-server` forks workers that each bind the same port with SO_REUSEPORT,
 so the kernel spreads incoming connections over them. The supervisor:
 
-- plans: how many workers (CACHEGATE_WORKERS, 0 = one per allowed CPU), and how
+- plans: how many workers (CACHEGATE_WORKERS, 0 = one per CPU the process may use:
+  the smaller of the affinity set and the cgroup CPU quota, `_cpus.py`), and how
   many Redis connections each (REDIS_MAX_CONNECTIONS // workers, so the total
   never exceeds it; never more workers than connections; ONE worker for the
   embedded memory backend, whose data lives in one process);
@@ -33,9 +34,10 @@ so the kernel spreads incoming connections over them. The supervisor:
 A worker whose supervisor is gone (SIGKILL, OOM killer) notices within
 `PARENT_CHECK_INTERVAL` and stops gracefully, so no orphan keeps the port.
 
-Each worker pins itself to one CPU (round robin over the allowed CPUs) and, when
-the HTTP side port is on, serves its own /metrics and /health/redis on
-`http port + worker id`.
+With CACHEGATE_PIN_CPUS=1 each worker pins itself to one CPU (round robin over the
+allowed CPUs); by default none does: on a shared machine every cachegate would pin
+itself to the same lowest-numbered CPUs. When the HTTP side port is on, each serves
+its own /metrics and /health/redis on `http port + worker id`.
 
 This module creates no gRPC object; the worker body is passed in (`main.run`).
 """
@@ -57,6 +59,7 @@ from typing import Protocol
 
 from cachegate.core import Config, ConfigError
 from cachegate.service._board import Board, WorkerBoard
+from cachegate.service._cpus import CpuQuota, available_cpus, process_cpu_share, worker_count
 from cachegate.service._restarts import RestartPolicy
 
 __all__ = [
@@ -67,6 +70,7 @@ __all__ = [
     "available_cpus",
     "check_worker_mode",
     "ensure_free",
+    "pin_to",
     "plan_workers",
     "worker_config",
 ]
@@ -106,13 +110,6 @@ class WorkerBody(Protocol):
 # --- planning ------------------------------------------------------------------------
 
 
-def available_cpus() -> list[int]:
-    """The CPUs this process may run on (taskset/cpuset aware; CPU quotas are not CPUs)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
     """How many workers run, and how many Redis connections each may open."""
@@ -123,6 +120,14 @@ class WorkerPlan:
     explicit: bool  # CACHEGATE_WORKERS was set (not 0 = one per CPU)
     cpus: tuple[int, ...]
     reason: str
+    quota_cpus: float | None = None  # the cgroup CPU quota, in CPUs (None: no quota)
+    cpu_share: float = 1.0  # the CPU each worker may use (process_cpu_share)
+    cpu_period: float = 0.0  # the quota's period in seconds (0: no quota)
+    pin: bool = False  # CACHEGATE_PIN_CPUS: each worker pinned to one CPU
+
+    def cpu_of(self, worker_id: int) -> int | None:
+        """The CPU worker `worker_id` pins itself to, or None (pinning is off)."""
+        return self.cpus[worker_id % len(self.cpus)] if self.pin else None
 
     def log(self) -> None:
         # A warning only when the operator asked for more workers than they get.
@@ -134,15 +139,22 @@ class WorkerPlan:
                 "workers": self.workers,
                 "requested_workers": self.requested,
                 "cpus": len(self.cpus),
+                "cpu_quota": self.quota_cpus,
+                "cpu_share_each": round(self.cpu_share, 3),
+                "pinned": self.pin,
                 "max_connections_each": self.max_connections_each,
                 "max_connections_total": self.max_connections_each * self.workers,
             },
         )
 
 
-def plan_workers(config: Config, cpus: list[int]) -> WorkerPlan:
-    """Decide the worker count and each worker's share of REDIS_MAX_CONNECTIONS."""
-    requested = config.server.workers or max(1, len(cpus))
+def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None) -> WorkerPlan:
+    """Decide the worker count and each worker's share of REDIS_MAX_CONNECTIONS.
+
+    `cpus`: the affinity set (`available_cpus()`); `quota`: the cgroup CPU quota
+    (`read_cpu_quota()`). By default one worker per CPU the process may use.
+    """
+    requested = config.server.workers or worker_count(len(cpus), quota)
     max_connections = config.pool.max_connections
     if config.backend == "memory":
         workers = 1
@@ -171,6 +183,10 @@ def plan_workers(config: Config, cpus: list[int]) -> WorkerPlan:
         explicit=config.server.workers > 0,
         cpus=tuple(cpus) or (0,),
         reason=reason,
+        quota_cpus=quota.cpus if quota is not None else None,
+        cpu_share=process_cpu_share(len(cpus), quota, workers),
+        cpu_period=quota.period if quota is not None else 0.0,
+        pin=config.server.pin_cpus,
     )
 
 
@@ -214,12 +230,17 @@ def check_worker_mode(config: Config, plan: WorkerPlan) -> None:
 
 
 def worker_config(config: Config, plan: WorkerPlan, worker_id: int) -> Config:
-    """Worker `worker_id`'s config: its share of connections, its own side port."""
+    """Worker `worker_id`'s config: its share of connections and of the CPU, its own
+    side port. (The single process of a one-worker plan runs worker 0's config.)"""
     return replace(
         config,
         pool=replace(config.pool, max_connections=plan.max_connections_each),
         server=replace(
-            config.server, workers=plan.workers, http_listen=_http_listen(config, worker_id)
+            config.server,
+            workers=plan.workers,
+            http_listen=_http_listen(config, worker_id),
+            cpu_share=plan.cpu_share,
+            cpu_period=plan.cpu_period,
         ),
     )
 
@@ -253,6 +274,17 @@ def ensure_free(listen: str, what: str) -> None:
                 errors.append(exc)
     if errors and len(errors) == len(infos):
         raise ListenError(f"cannot listen on {listen} ({what}): {errors[0]}") from errors[0]
+
+
+def pin_to(cpu: int) -> None:
+    """Pin this process to `cpu` (CACHEGATE_PIN_CPUS=1); a refusal is logged, not fatal."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+        log.info("pinned to one CPU", extra={"cpu": cpu})
+    except OSError as exc:
+        log.warning("cannot pin to a CPU", extra={"cpu": cpu, "reason": str(exc)})
 
 
 # --- the supervisor ------------------------------------------------------------------
@@ -451,7 +483,7 @@ class Supervisor:
 
     def _spawn(self, worker_id: int) -> bool:
         """Fork worker `worker_id`; False (logged) when the OS refuses a new process."""
-        cpu = self._plan.cpus[worker_id % len(self._plan.cpus)]
+        cpu = self._plan.cpu_of(worker_id)
         if self._board is not None:
             self._board.forking(worker_id)
         # Blocked across fork(): the child unblocks them once its own handlers are in.
@@ -488,7 +520,7 @@ class Supervisor:
 
     # --- child side ----------------------------------------------------------------
 
-    def _worker(self, worker_id: int, cpu: int) -> int:
+    def _worker(self, worker_id: int, cpu: int | None) -> int:
         supervisor = self._pid  # not getppid(): the supervisor may be gone already
         stop = threading.Event()
 
@@ -510,11 +542,8 @@ class Supervisor:
                     stop.set()
 
         threading.Thread(target=watch_supervisor, name="cachegate-parent", daemon=True).start()
-        if hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(0, {cpu})
-            except OSError as exc:
-                log.warning("cannot pin to a CPU", extra={"cpu": cpu, "reason": str(exc)})
+        if cpu is not None:
+            pin_to(cpu)
         config = worker_config(self._config, self._plan, worker_id)
         board = self._board.worker(worker_id) if self._board is not None else None
         return self._body(

@@ -6,9 +6,9 @@ server cannot start (port taken) or, in worker mode, when a worker failed its fi
 start in another way or did not stop in time. Workers that die later are restarted
 (`_workers.py`): deaths never end the supervisor.
 
-One process serves when one worker is planned (CACHEGATE_WORKERS=1, one CPU, or the
-embedded memory backend); otherwise a supervisor forks the workers (`_workers.py`)
-before any gRPC object exists, and each worker runs `run()` below.
+One process serves when one worker is planned (CACHEGATE_WORKERS=1, one CPU or a CPU
+quota of one CPU or less, or the embedded memory backend); otherwise a supervisor forks
+the workers (`_workers.py`) before any gRPC object exists, and each worker runs `run()` below.
 """
 
 from __future__ import annotations
@@ -224,11 +224,13 @@ def run(
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     from prometheus_client import disable_created_metrics
 
+    from cachegate.service._cpus import available_cpus, read_cpu_quota
     from cachegate.service._workers import (
         Supervisor,
-        available_cpus,
         check_worker_mode,
+        pin_to,
         plan_workers,
+        worker_config,
     )
 
     _parser().parse_args(argv)
@@ -247,19 +249,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     # Counters' *_created series double /metrics for no use on a Prometheus server.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     cpus = available_cpus()
-    plan = plan_workers(config, cpus)
+    plan = plan_workers(config, cpus, read_cpu_quota())
     plan.log()
     if plan.workers == 1:
-        # One process: keep its threads on one CPU. A Python process whose threads
-        # hop between CPUs pays for every GIL hand-off (measured here: ~2x the CPU
-        # per call); Redis and the kernel have the other CPUs.
-        if len(cpus) > 1 and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(0, {cpus[0]})
-                log.info("pinned to one CPU", extra={"cpu": cpus[0]})
-            except OSError as exc:
-                log.warning("cannot pin to a CPU", extra={"reason": str(exc)})
-        code = run(config)
+        # CACHEGATE_PIN_CPUS=1: keep the process's threads on one CPU. A Python process
+        # whose threads hop between CPUs pays for GIL hand-offs (docs/performance.md);
+        # off by default: on a shared machine every process would pick the same CPU.
+        cpu = plan.cpu_of(0)
+        if cpu is not None and len(cpus) > 1:
+            pin_to(cpu)
+        code = run(worker_config(config, plan, 0))
         # Straight out, like a worker: the interpreter's teardown would collect the
         # gRPC server, whose collection starts grpc's own stop, and that ends calls
         # that arrive meanwhile with CANCELLED (see CacheServer).
