@@ -16,7 +16,8 @@ so the kernel spreads incoming connections over them. The supervisor:
   server or channel), with SIGTERM/SIGINT blocked around fork() so a signal can
   never reach a child before it has its own handlers;
 - forwards SIGTERM/SIGINT to the workers, each of which stops gracefully
-  (health NOT_SERVING, server.stop(grace), pool.close(), exit 0), and exits 0
+  (health NOT_SERVING, new calls refused, running ones drained within the grace,
+  pool.close(), exit 0), and exits 0
   when every worker exited 0;
 - restarts a worker that dies unexpectedly, with backoff (`_restarts.py`:
   exponential with jitter, from 0.125..0.25 s up to 15..30 s, forgotten after a
