@@ -12,8 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from cachegate.service import SERVICE_NAME
+from cachegate.core import load_config
+from cachegate.service import SERVICE_NAME, create_server
 from cachegate.v1 import cache_pb2 as pb
+from cachegate.v1 import cache_pb2_grpc
 from conftest import RunningServer, StartServer
 from redisprocs import RedisProcess
 
@@ -334,3 +336,44 @@ def test_oversized_message_is_refused(start_server: StartServer) -> None:
         server.stub.SetEx(pb.SetExRequest(key="k", value=b"x" * 8192, ttl_seconds=5))
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert server.stub.Get(pb.GetRequest(key="k")).found is False
+
+
+def test_a_stream_cut_by_the_drain_ends_unavailable_for_the_caller_and_the_metrics() -> None:
+    # The drain ends a Pipeline stream at its next batch: the caller sees UNAVAILABLE
+    # (which clients retry), and the RPC metrics count the same code, not CANCELLED.
+    handled: list[tuple[str, grpc.StatusCode]] = []
+
+    class Recorder:
+        def started(self, method: str) -> None:
+            pass
+
+        def handled(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+            handled.append((method, code))
+
+    config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0"})
+    server, port = create_server(config, observer=Recorder())
+    server.start()
+    assert server.health.wait_ready(10)
+    batches: queue.Queue[pb.PipelineRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.PipelineRequest]:
+        while (batch := batches.get(timeout=10)) is not None:
+            yield batch
+
+    one = pb.PipelineRequest(operations=[pb.Operation(get=pb.GetOperation(key="k"))])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        replies = iter(cache_pb2_grpc.CacheServiceStub(channel).Pipeline(requests(), timeout=10))
+        batches.put(one)
+        assert list(next(replies).outcomes) == [pb.OUTCOME_NOT_FOUND]
+        drainer = threading.Thread(target=server.drain, args=(5.0,))
+        drainer.start()
+        wait_for(lambda: server.servicer.draining, 2, "the drain to begin")
+        batches.put(one)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(replies)
+        batches.put(None)
+        drainer.join(timeout=10)
+    server.stop(grace=0)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "shutting down" in str(caught.value.details())
+    assert ("Pipeline", grpc.StatusCode.UNAVAILABLE) in handled, handled

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,6 @@ from cachegate.service._health import HealthReporter
 from cachegate.service._observe import RpcObserver
 from cachegate.service._reflection import enable_reflection
 from cachegate.service._servicer import CacheServicer
-from cachegate.service._status import INTERNAL, ShuttingDownError, abort, status_for
 from cachegate.service._threads import RpcThreadPool
 from cachegate.service._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.service._wire import request_limits
@@ -186,25 +185,6 @@ def _behaviors(servicer: object, service: ServiceDescriptor) -> dict[str, Callab
     return {method.name: getattr(servicer, method.name) for method in service.methods}
 
 
-def _until_draining(
-    pipeline: Callable[[Iterable[bytes], grpc.ServicerContext], Iterator[Any]],
-    servicer: CacheServicer,
-) -> Callable[[Iterable[bytes], grpc.ServicerContext], Iterator[Any]]:
-    """The Pipeline behaviour, ended with UNAVAILABLE at the first batch that arrives
-    after the server began to stop (the batch before it got its reply)."""
-
-    def batches(requests: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        for data in requests:
-            if servicer.draining:
-                abort(context, status_for(ShuttingDownError()) or INTERNAL)
-            yield data
-
-    def behavior(requests: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
-        return pipeline(batches(requests, context), context)
-
-    return behavior
-
-
 def _log_transition(old: CircuitState, new: CircuitState) -> None:
     # The breaker calls each listener once per transition: one log line each.
     level = logging.INFO if new is CircuitState.CLOSED else logging.WARNING
@@ -273,7 +253,6 @@ def create_server(
     )
     cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
     behaviors = _behaviors(servicer, cache_service)
-    behaviors["Pipeline"] = _until_draining(behaviors["Pipeline"], servicer)
     add_service(  # the servicer answers undecodable requests itself (metrics see them)
         server,
         cache_service,

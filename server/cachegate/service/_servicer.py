@@ -209,6 +209,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 # the reply's count until grpc has sent it (it asks for the next one).
                 held = 0
                 try:
+                    if self._draining:  # the batch before this one got its reply
+                        raise ShuttingDownError
                     self._check_count(data)  # before any memory is taken for it
                     if not self._budget.reserve(
                         len(data) * REQUEST_COPIES, self._replies.wait(context)
@@ -221,7 +223,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                         reply, kept = self._get_batch(keys, context)
                     else:
                         reply, kept = self._run_batch(parsed, context, prefix)
-                except (InvalidArgumentError, TooBusyError) as exc:
+                except (InvalidArgumentError, ShuttingDownError, TooBusyError) as exc:
                     rejection = _rejection(exc, "Pipeline")
                     code = rejection.code
                     abort(context, rejection)
