@@ -7,7 +7,8 @@ request and a 1 GB reply. A bounded read asks Redis only for a reply it can send
   as before (nothing to check);
 - otherwise one Lua script (EVALSHA) that asks every key's STRLEN first and returns
   the values (MGET's reply) only when their total fits a small bound
-  (LUA_COPY_BYTES: a value copied into Lua costs Redis ~3 ms per MiB), else the
+  (LUA_COPY_BYTES: a value copied into Lua costs Redis's one thread far more than a
+  native MGET of it, docs/performance.md), else the
   sizes. With the sizes known, the values that fit the bound, in order, are read
   with MGETs in chunks whose worst case fits what is left (`read_known`), so Redis
   never builds more than the bound either; each value that does not fit stands as
@@ -60,7 +61,7 @@ BOUNDED_READ_LUA = """
 -- read (MGET, a few thousand keys at a time: unpack() takes no more), and the
 -- reply is MGET's followed by their total size. Otherwise it is the sizes followed
 -- by -1 - their total, so the last element tells the shapes apart, and the caller
--- reads what fits itself: a value copied into Lua costs Redis milliseconds per MiB.
+-- reads what fits itself: a value copied into Lua costs Redis far more than MGET.
 local budget = tonumber(ARGV[1])
 local n = #KEYS
 local sizes, total = {}, 0
@@ -93,8 +94,9 @@ return out
 
 # unpack() in Redis's Lua takes a few thousand values at most (LUAI_MAXCSTACK).
 MAX_CHUNK = 4000
-# Most value bytes the script itself returns: values pass through Lua at a few ms
-# per MiB of Redis's single thread, so more goes by plain MGETs once sizes are known.
+# Most value bytes the script itself returns: values passing through Lua hold Redis's
+# one thread far longer than a native MGET, so more goes by plain MGETs once sizes
+# are known (figures in docs/performance.md).
 LUA_COPY_BYTES = 1024 * 1024
 
 
