@@ -7,11 +7,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from cachegate.core import CircuitState, load_config
 from cachegate.pool import CircuitOpenError, RedisConnectionPool, RedisUnavailableError
+from cachegate.service._health import SERVICE_NAME, HealthReporter
 from redisprocs import RedisProcess, wait_until
 
 PROBER = "cachegate-breaker-probe"
@@ -130,3 +134,31 @@ def test_probe_delay_zero_turns_probing_off(redis_server: RedisProcess) -> None:
         assert probers() == []
     finally:
         pool.close()
+
+
+def test_with_no_traffic_the_service_is_serving_again_soon_after_redis_is(
+    pool: RedisConnectionPool, redis_server: RedisProcess
+) -> None:
+    # Behind a readiness probe a NOT_SERVING pod gets no calls, so no call can take the
+    # half-open trial: the health prober must take it as soon as a probe half-opens the
+    # breaker, not when the recovery timeout (60 s here) would have ended.
+    health = HealthReporter(pool, probe_interval=0.1)
+    health.start()
+    try:
+        assert health.wait_ready(5)
+        open_breaker(pool, redis_server)
+        redis_server.restart()
+        restarted = time.monotonic()
+        wait_until(
+            lambda: state(pool) is CircuitState.CLOSED,
+            timeout=10,
+            what="the breaker to close with no traffic",
+        )
+        assert time.monotonic() - restarted < 10 < float(RECOVERY_TIMEOUT)
+        no_context = cast(grpc.ServicerContext, None)  # Check reads nothing from it
+        reply = health.servicer.Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), no_context
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        health.shutdown()

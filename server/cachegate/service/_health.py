@@ -220,6 +220,12 @@ class HealthReporter:
                 self._wake.wait(left)  # woken early by a Stats (or a breaker change)
                 self._wake.clear()
                 self._refresh_if_asked()
+                if breaker.state is not CircuitState.OPEN:
+                    # Half-open already (the pool's prober saw Redis answer): take the
+                    # trial now, or a pod that gets no traffic while NOT_SERVING would
+                    # wait out the whole recovery timeout. (Not `waiting`: that is also
+                    # False while forced open, and then a PING would only be refused.)
+                    break
             if self._stop.is_set():
                 return
             # A failed probe is recorded by the breaker; we try again after its timeout.
