@@ -65,6 +65,20 @@ def test_large_values_past_the_bound_are_left_out_in_order(pool: RedisConnection
     assert many[5:] == [TooLarge(MIB)] * 995
 
 
+def test_values_left_out_are_not_counted_as_hits(pool: RedisConnectionPool) -> None:
+    # The one hit rate counts reads: a value left out of a bounded read was not read
+    # (yet); reading it later counts it once.
+    prefix = uuid.uuid4().hex
+    pool.execute("SETEX", f"{prefix}a", 60, b"a" * 600_000)
+    pool.execute("SETEX", f"{prefix}b", 60, b"b" * 600_000)
+    before = pool.get_stats()
+    values = pool.get_many([f"{prefix}a", f"{prefix}b", f"{prefix}none"], max_bytes=700_000)
+    assert values == [b"a" * 600_000, TooLarge(600_000), None]
+    assert pool.execute_many([("GET", f"{prefix}b")]) == [b"b" * 600_000]
+    after = pool.get_stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (2, 1)
+
+
 def test_a_mixed_batch_is_bounded_too(pool: RedisConnectionPool) -> None:
     prefix = uuid.uuid4().hex
     _seed(pool, prefix)

@@ -54,6 +54,7 @@ from cachegate.core import (
     StateListener,
 )
 from cachegate.pool._backends import Backend, make_backend
+from cachegate.pool._bounded import PartialRead, TooLarge
 from cachegate.pool._commands import IDEMPOTENT, READS, WRITES
 from cachegate.pool._errors import (
     ErrorKind,
@@ -206,7 +207,7 @@ class RedisConnectionPool:
             elif command[0] == "GET":
                 if reply is None:
                     misses += 1
-                else:
+                elif type(reply) is not TooLarge:  # a value left out is no read (yet)
                     hits += 1
         if hits or misses:
             self._counters.reads(hits, misses)
@@ -233,7 +234,10 @@ class RedisConnectionPool:
             retryable=True,
         )
         misses = values.count(None)
-        self._counters.reads(len(values) - misses, misses)
+        hits = len(values) - misses
+        if type(values) is PartialRead:  # a value left out is no read (yet): no hit
+            hits -= sum(1 for value in values if type(value) is TooLarge)
+        self._counters.reads(hits, misses)
         return values
 
     @contextlib.contextmanager
