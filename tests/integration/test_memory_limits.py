@@ -1,8 +1,8 @@
 """The service's memory limits as a caller sees them: bounded replies, early refusals.
 
-Small settings keep it quick: 64 KiB values, a 1 MiB send limit (the smallest the
-budget's rule allows is twice that), so a batch of gets of a full value passes the
-bound after about 15 of them.
+Small settings keep it quick: 64 KiB values, a 1 MiB send limit and a budget of 8 MiB
+(the rule asks at least 4 times the send limit), so a batch of gets of a full value
+passes the bound after about 15 of them.
 """
 
 from __future__ import annotations

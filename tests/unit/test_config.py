@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from cachegate.core import SETTINGS, Address, ConfigError, Secret, load_config, select_backend
+from cachegate.core import (
+    REPLY_COPIES,
+    SETTINGS,
+    Address,
+    ConfigError,
+    Secret,
+    load_config,
+    select_backend,
+)
 
 
 def test_defaults_are_the_seeds() -> None:
@@ -207,3 +215,14 @@ def test_backend_target_names_where_and_masks_the_password(
     shown = load_config(env).backend_target
     assert shown == target
     assert "hunter2" not in shown
+
+
+def test_the_memory_budget_must_hold_a_reply_at_the_send_limit() -> None:
+    # A reply at the send limit is held REPLY_COPIES times over: a smaller budget could
+    # never grant it, and a batch that needs it would be refused forever.
+    limit = 1024 * 1024
+    settings = {"CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES": str(limit)}
+    with pytest.raises(ConfigError, match="CACHEGATE_MEMORY_BUDGET_BYTES"):
+        load_config({**settings, "CACHEGATE_MEMORY_BUDGET_BYTES": str((REPLY_COPIES - 1) * limit)})
+    config = load_config({**settings, "CACHEGATE_MEMORY_BUDGET_BYTES": str(REPLY_COPIES * limit)})
+    assert config.limits.memory_budget_bytes == REPLY_COPIES * limit

@@ -16,6 +16,8 @@ from cachegate.core._breaker import (
 )
 from cachegate.core._config import (
     BACKEND_HINTS,
+    REPLY_COPIES,
+    REQUEST_COPIES,
     SETTINGS,
     Address,
     BackendKind,
@@ -39,6 +41,8 @@ from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
     "BACKEND_HINTS",
+    "REPLY_COPIES",
+    "REQUEST_COPIES",
     "SETTINGS",
     "Address",
     "BackendKind",

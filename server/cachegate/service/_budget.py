@@ -18,14 +18,7 @@ import time
 
 __all__ = ["REPLY_COPIES", "REQUEST_COPIES", "MemoryBudget"]
 
-# A request is held as grpc's bytes and as the parsed message (or the commands
-# built from it) while it runs.
-REQUEST_COPIES = 2
-# A reply is held as the values read from Redis (and the reader's buffer they were
-# parsed from), the reply message, its serialized bytes, and grpc's own copy of them
-# while it is sent; grpc keeps the message until the send completes. Measured on
-# drill 13 (replies nobody reads): three copies undercounted RSS by a third.
-REPLY_COPIES = 4
+from cachegate.core import REPLY_COPIES, REQUEST_COPIES  # with the setting they size
 
 
 class MemoryBudget:
