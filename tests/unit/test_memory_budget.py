@@ -165,11 +165,11 @@ def test_send_watch_ends_only_the_streams_whose_reply_is_overdue() -> None:
         now[0] = 5.0
         watch.arm("second")  # type: ignore[arg-type]
         third = watch.arm("third")  # type: ignore[arg-type]
-        watch.disarm(third)  # sent in time: never ended
+        assert watch.disarm(third)  # sent in time: never ended
         now[0] = 12.0
         watch.expire_due()
         assert ended == ["first"]
-        watch.disarm(first)  # disarming an expired one is harmless
+        assert not watch.disarm(first)  # expired: its stream was ended (RESOURCE_EXHAUSTED)
         now[0] = 16.0
         watch.expire_due()
         assert ended == ["first", "second"]

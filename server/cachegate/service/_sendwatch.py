@@ -54,9 +54,10 @@ class SendWatch:
                 self._thread.start()
         return token
 
-    def disarm(self, token: int) -> None:
+    def disarm(self, token: int) -> bool:
+        """False when the reply had expired: its stream was ended (see `expire`)."""
         with self._lock:
-            self._armed.pop(token, None)
+            return self._armed.pop(token, None) is not None
 
     def expire_due(self) -> int:
         """End every stream whose reply is overdue; how many were ended."""

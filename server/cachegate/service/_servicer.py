@@ -235,7 +235,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 try:
                     yield reply
                 finally:
-                    self._sends.disarm(sending)
+                    if not self._sends.disarm(sending):  # ended by _reply_unread
+                        code = grpc.StatusCode.RESOURCE_EXHAUSTED
                     self._budget.release(kept)
             code = grpc.StatusCode.OK
         finally:
