@@ -116,7 +116,9 @@ def test_cluster_reads_are_bounded(redis_cluster: ClusterSetup) -> None:
         pool.close()
 
 
-def test_a_redis_user_without_scripts_gets_the_same_answers(redis_server: RedisProcess) -> None:
+def test_a_redis_user_without_scripts_gets_the_same_answers(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
     admin = redis_server.client()
     admin.acl_setuser(
         "noscripts",
@@ -135,6 +137,8 @@ def test_a_redis_user_without_scripts_gets_the_same_answers(redis_server: RedisP
         for _ in range(2):  # the first refusal switches scripts off; the second never asks
             values = pool.get_many(keys, max_bytes=MIB + 10)
             assert values == [b"s", b"b" * MIB, TooLarge(MIB), None, None]
+        refused = [r for r in caplog.records if "refused the bounded-read script" in r.message]
+        assert len(refused) == 1, [r.message for r in caplog.records]
     finally:
         pool.close()
 

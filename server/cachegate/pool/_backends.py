@@ -24,7 +24,7 @@ import hiredis
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoPermissionError, NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -411,6 +411,14 @@ class ConnectionBackend:
         return None
 
     def _no_scripts(self, exc: Exception) -> None:
+        # Only a lasting refusal switches the script off for good: a user without
+        # EVALSHA/EVAL (NOPERM) or a Redis without them (unknown command). A passing
+        # error (BUSY, OOM, ...) costs this call its script; the next one tries again.
+        text = str(exc)
+        lasting = isinstance(exc, NoPermissionError) or text.startswith("NOPERM")
+        if not lasting and "unknown command" not in text.lower():
+            log.debug("bounded-read script failed once; reading in chunks", exc_info=exc)
+            return
         self._scripts = False
         log.warning(
             "Redis refused the bounded-read script; large batches of gets are read in "
