@@ -55,6 +55,7 @@ from hypothesis import strategies as st
 from cachegate.core import load_config
 from cachegate.service import SERVICE_NAME, CacheServer, create_server
 from cachegate.service._limits import MAX_TTL_SECONDS
+from cachegate.service._wire import FIELDS_PER_OPERATION
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess, start_standalone
@@ -850,16 +851,19 @@ class Stream:
         self._end()
 
 
-def operations_before_damage(payload: bytes | pb.PipelineRequest) -> int:
-    """Operations (field 1 records) that are whole on the wire before the first
-    damaged field.
-
-    The server counts a batch's operations before parsing it, so a batch with more
-    than the limit of them is refused for its size even when its tail would not decode.
+def counted_too_many(payload: bytes | pb.PipelineRequest) -> bool:
+    """Whether the server's count before parse (README, "Limits and abuse") refuses
+    these wire bytes: walked only when the tag bytes 0x0a and 0x8a number more than
+    the limit, it refuses more than the limit of operations (field 1 records), or more
+    than FIELDS_PER_OPERATION times the limit of fields of any kind, that are whole
+    before the first damaged field. So a batch is refused for its size even when its
+    tail would not decode.
     """
     if not isinstance(payload, bytes):
-        return 0
-    data, pos, operations = payload, 0, 0
+        return False
+    data, pos, operations, fields = payload, 0, 0, 0
+    if len(data) <= 2 * MAX_BATCH_OPS or data.count(b"\x0a") + data.count(b"\x8a") <= MAX_BATCH_OPS:
+        return False
 
     def varint(at: int) -> tuple[int, int] | None:
         value = shift = 0
@@ -875,26 +879,29 @@ def operations_before_damage(payload: bytes | pb.PipelineRequest) -> int:
     while pos < len(data):
         tag = varint(pos)
         if tag is None:
-            return operations
+            return False
         wire_type, pos = tag[0] & 7, tag[1]
         if wire_type == 0:
             skip = varint(pos)
             if skip is None:
-                return operations
+                return False
             pos = skip[1]
         elif wire_type in (1, 5):
             pos += 8 if wire_type == 1 else 4
         elif wire_type == 2:
             length = varint(pos)
             if length is None:
-                return operations
+                return False
             pos = length[1] + length[0]
         else:
-            return operations
+            return False
         if pos > len(data):
-            return operations
+            return False
         operations += tag[0] == 10
-    return operations
+        fields += 1
+        if operations > MAX_BATCH_OPS or fields > FIELDS_PER_OPERATION * MAX_BATCH_OPS:
+            return True
+    return False
 
 
 def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending: str) -> None:
@@ -910,7 +917,7 @@ def run_stream(t: Target, payloads: Sequence[pb.PipelineRequest | bytes], ending
                 answer = stream.send(payload)
             except grpc.RpcError as exc:
                 reply = Reply(None, exc, (start, time.monotonic()))
-                if batch is None and operations_before_damage(payload) > MAX_BATCH_OPS:
+                if counted_too_many(payload):
                     expect_invalid(reply, {"operations"}, what)  # counted before parsed
                     return
                 if batch is None:
