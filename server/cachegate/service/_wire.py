@@ -16,7 +16,8 @@ and ~290 MB) before a count of them could say "too many". So:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,65 +136,68 @@ def too_many_operations(data: bytes, limit: int) -> str | None:
     return None
 
 
-def _count_fields(data: bytes, limit: int, most_fields: int) -> tuple[int, int]:
-    """(operations, fields) at the top level of `data`, counted until the operations
-    pass `limit` or the fields pass `most_fields`; (-1, -1) when malformed first."""
-    pos, end, operations, fields = 0, len(data), 0, 0
+class _NotAFieldError(ValueError):
+    """Bytes where a field should start that are none (a cut varint, an unknown wire type)."""
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int, bool]]:
+    """Each top-level field of `data`: its tag, its payload length (length-delimited
+    fields; 0 for the others), and whether it runs past the end (the walk ends there).
+    Raises _NotAFieldError at bytes that are no field."""
+    pos, end = 0, len(data)
     while pos < end:
         tag, pos = _varint(data, pos)
         if tag < 0:
-            return -1, -1
-        wire_type = tag & 7
+            raise _NotAFieldError
+        wire_type, length = tag & 7, 0
         if wire_type == 0:
             _, pos = _varint(data, pos)
+            if pos < 0:
+                raise _NotAFieldError
         elif wire_type == 1:
             pos += 8
         elif wire_type == 2:
             length, pos = _varint(data, pos)
             if length < 0:
-                return -1, -1
+                raise _NotAFieldError
             pos += length
-            if tag == 10:  # field 1, length-delimited: an operation
-                operations += 1
         elif wire_type == 5:
             pos += 4
         else:  # groups (deprecated) or garbage: let the parser say which
-            return -1, -1
-        if pos < 0 or pos > end:
-            return -1, -1
-        fields += 1
-        if operations > limit or fields > most_fields:
-            break
+            raise _NotAFieldError
+        cut = pos > end
+        yield tag, length, cut
+        if cut:
+            return
+
+
+def _count_fields(data: bytes, limit: int, most_fields: int) -> tuple[int, int]:
+    """(operations, fields) at the top level of `data`, counted until the operations
+    pass `limit` or the fields pass `most_fields`; (-1, -1) when malformed first."""
+    operations = fields = 0
+    try:
+        for tag, _, cut in _fields(data):
+            if cut:
+                return -1, -1
+            fields += 1
+            if tag == 10:  # field 1, length-delimited: an operation
+                operations += 1
+            if operations > limit or fields > most_fields:
+                break
+    except _NotAFieldError:
+        return -1, -1
     return operations, fields
 
 
 def _largest_field(data: bytes, most_fields: int = 64) -> int:
     """The number of the longest length-delimited top-level field; 0 when unclear."""
-    pos, end, best, best_length = 0, len(data), 0, -1
-    for _ in range(most_fields):
-        if pos >= end:
-            return best
-        tag, pos = _varint(data, pos)
-        if tag < 0:
-            return 0
-        wire_type = tag & 7
-        if wire_type == 0:
-            _, pos = _varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if length < 0:
-                return 0
-            if length > best_length:
+    best, best_length = 0, -1
+    try:
+        for tag, length, _ in itertools.islice(_fields(data), most_fields):
+            if tag & 7 == 2 and length > best_length:
                 best, best_length = tag >> 3, length
-            pos += length
-        elif wire_type == 5:
-            pos += 4
-        else:
-            return 0
-        if pos < 0:
-            return 0
+    except _NotAFieldError:
+        return 0
     return best
 
 
