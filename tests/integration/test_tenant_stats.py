@@ -6,15 +6,15 @@ test_security.py; every caller is a real gRPC client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cachegate.client import CacheClient, Get, RedisCache
-from cachegate.core import load_config
-from cachegate.service import CacheServer, create_server
+from cachegate.service import CacheServer
 from cachegate.v1 import cache_pb2 as pb
+from conftest import StartServer
 from redisprocs import RedisProcess
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -25,27 +25,14 @@ Serve = Callable[[dict[str, str]], CacheServer]
 
 
 @pytest.fixture
-def serve(redis_server: RedisProcess) -> Iterator[Serve]:
-    started: list[CacheServer] = []
+def serve(start_server: StartServer, redis_server: RedisProcess) -> Serve:
+    """conftest's in-process servers, on the test's redis-server."""
 
     def start(env: dict[str, str]) -> CacheServer:
-        config = load_config(
-            {
-                "CACHEGATE_LISTEN": "127.0.0.1:0",
-                "CACHEGATE_BACKEND": "redis",
-                "REDIS_URL": redis_server.url,
-                **env,
-            }
-        )
-        server, _ = create_server(config)
-        server.start()
-        assert server.health.wait_ready(10)
-        started.append(server)
-        return server
+        env = {"CACHEGATE_BACKEND": "redis", "REDIS_URL": redis_server.url, **env}
+        return start_server(env).server
 
-    yield start
-    for server in started:
-        server.stop(grace=0)
+    return start
 
 
 @pytest.fixture
