@@ -26,7 +26,7 @@ OUT_ROOT = ROOT / "client"
 PACKAGE_DIR = Path("cachegate") / "v1"
 # Files in the package folder that are ours, not protoc's.
 HAND_WRITTEN = {"__init__.py", "py.typed"}
-# Read by cachegate.service._reflection (through importlib.resources).
+# Read by cachegate.rpc._reflection (through importlib.resources).
 DESCRIPTOR_SET = "cachegate.binpb"
 
 

@@ -12,7 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cachegate.core import load_config
-from cachegate.service import CacheServer, create_server
+from cachegate.rpc import CacheServer
+from cachegate.runtime import Service, build_service
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import (
     ClusterSetup,
@@ -95,11 +96,15 @@ def redis_cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
 
 @dataclass
 class RunningServer:
-    server: CacheServer
+    service: Service
     port: int
     channel: grpc.Channel
     stub: cache_pb2_grpc.CacheServiceStub
     health: health_pb2_grpc.HealthStub
+
+    @property
+    def server(self) -> CacheServer:
+        return self.service.server
 
     @property
     def target(self) -> str:
@@ -116,18 +121,29 @@ StartServer = Callable[..., RunningServer]
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """Start servers with extra environment-style settings; all stopped at teardown."""
+    """Start servers with extra environment-style settings; all stopped at teardown.
+
+    Built by the production composition root (`build_service`), side port included
+    (on a port of its own unless the test says otherwise).
+    """
     running: list[RunningServer] = []
 
     def start(env: Mapping[str, str] | None = None, *, wait_ready: bool = True) -> RunningServer:
-        config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", **(env or {})})
-        server, port = create_server(config)
-        server.start()
+        config = load_config(
+            {
+                "CACHEGATE_LISTEN": "127.0.0.1:0",
+                "CACHEGATE_HTTP_LISTEN": "127.0.0.1:0",
+                **(env or {}),
+            }
+        )
+        service = build_service(config)
+        service.start()
+        port = service.port
         if wait_ready:
-            assert server.health.wait_ready(10), "backend never answered"
+            assert service.server.health.wait_ready(10), "backend never answered"
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         handle = RunningServer(
-            server,
+            service,
             port,
             channel,
             cache_pb2_grpc.CacheServiceStub(channel),
@@ -139,7 +155,7 @@ def start_server() -> Iterator[StartServer]:
     yield start
     for handle in running:
         handle.channel.close()
-        handle.server.stop(grace=0)
+        handle.service.stop(grace=0)
 
 
 @pytest.fixture

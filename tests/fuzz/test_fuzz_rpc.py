@@ -53,9 +53,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from cachegate.core import load_config
-from cachegate.service import SERVICE_NAME, CacheServer, create_server
-from cachegate.service._limits import MAX_TTL_SECONDS
-from cachegate.service._wire import FIELDS_PER_OPERATION
+from cachegate.rpc import SERVICE_NAME, CacheServer
+from cachegate.rpc._limits import MAX_TTL_SECONDS
+from cachegate.rpc._wire import FIELDS_PER_OPERATION
+from cachegate.runtime import build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess, start_standalone
@@ -67,12 +68,13 @@ Window = tuple[float, float]  # (monotonic time before a request was sent, after
 
 MAX_KEY_BYTES = 64
 MAX_VALUE_BYTES = 256
-# A unary request larger than this is refused on its size, never parsed (service/_wire.py).
+# A unary request larger than this is refused on its size, never parsed (rpc/_wire.py).
 UNARY_REQUEST_LIMIT = MAX_KEY_BYTES + MAX_VALUE_BYTES + 1024
 MAX_BATCH_OPS = 50
 MAX_STREAMS = 8
 SERVER_ENV = {
     "CACHEGATE_LISTEN": "127.0.0.1:0",
+    "CACHEGATE_HTTP_LISTEN": "off",
     "CACHEGATE_MAX_KEY_BYTES": str(MAX_KEY_BYTES),
     "CACHEGATE_MAX_VALUE_BYTES": str(MAX_VALUE_BYTES),
     "CACHEGATE_MAX_BATCH_OPS": str(MAX_BATCH_OPS),
@@ -529,7 +531,8 @@ def fuzz_target(
         if backend == "redis":
             redis_process = start_standalone(Path(tmp_path_factory.mktemp("fuzz-redis")))
             env |= {"CACHEGATE_BACKEND": "redis", "REDIS_URL": redis_process.url}
-        server, port = create_server(load_config(env))
+        service = build_service(load_config(env))
+        server, port = service.server, service.port
         server.start()
         assert server.health.wait_ready(10), "the backend never answered"
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -1196,7 +1199,8 @@ def test_undecodable_pipeline_batch_is_invalid_argument(fuzz_target: Target) -> 
 
 
 def test_server_stops_after_undecodable_pipeline_messages() -> None:
-    server, port = create_server(load_config(dict(SERVER_ENV)))
+    service = build_service(load_config(dict(SERVER_ENV)))
+    server, port = service.server, service.port
     server.start()
     try:
         assert server.health.wait_ready(10), "the backend never answered"

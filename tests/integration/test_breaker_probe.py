@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from cachegate.core import CircuitState, load_config
 from cachegate.pool import CircuitOpenError, RedisConnectionPool, RedisUnavailableError
-from cachegate.service._health import SERVICE_NAME, HealthReporter
+from cachegate.rpc._health import SERVICE_NAME, HealthReporter
 from redisprocs import RedisProcess, wait_until
 
 PROBER = "cachegate-breaker-probe"

@@ -1,4 +1,4 @@
-"""Fair Pipeline streams (service/_streams.py): the idle timeout and each caller's share.
+"""Fair Pipeline streams (rpc/_streams.py): the idle timeout and each caller's share.
 
 Real servers on loopback (and a unix socket for a second peer without tokens), real
 gRPC channels; the idle timeout is short so that each test runs in about a second.
@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from cachegate.core import load_config
-from cachegate.service import CacheServer, create_server
+from cachegate.rpc import CacheServer
+from cachegate.runtime import build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess
@@ -65,8 +66,10 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     started: list[CacheServer] = []
 
     def start(env: Mapping[str, str], *, unix: bool = False) -> tuple[CacheServer, str | None]:
-        config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", **env})
-        server, _ = create_server(config)
+        config = load_config(
+            {"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_HTTP_LISTEN": "off", **env}
+        )
+        server = build_service(config).server
         unix_target = None
         if unix:
             unix_target = f"unix:{tmp_path / 'cachegate.sock'}"

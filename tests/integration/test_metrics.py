@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachegate.core import load_config
-from cachegate.service import HttpListenError, PrometheusObserver
-from cachegate.service.main import Service, build_service
+from cachegate.rpc import PrometheusObserver
+from cachegate.runtime import HttpListenError, Service, build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess, free_port, start_standalone

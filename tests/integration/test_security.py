@@ -14,7 +14,8 @@ import pytest
 from cachegate.client import CacheClient, CacheUnavailableError, Get, RedisCache, SetEx
 from cachegate.core import Outcome, load_config
 from cachegate.pool import CommandError, RedisConnectionPool
-from cachegate.service import CacheServer, ServerStartError, create_server
+from cachegate.rpc import CacheServer, ServerStartError
+from cachegate.runtime import build_service
 from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
 from cachegate.v1 import cache_pb2 as pb
 from certs import Authority, Pair
@@ -35,7 +36,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], CacheServer]]:
     started: list[CacheServer] = []
 
     def start(env: dict[str, str]) -> CacheServer:
-        server, _ = create_server(load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", **env}))
+        config = {"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_HTTP_LISTEN": "off", **env}
+        server = build_service(load_config(config)).server
         server.start()
         assert server.health.wait_ready(10)
         started.append(server)
@@ -142,7 +144,7 @@ def test_tls_needs_cert_and_key_together() -> None:
 
 def test_unreadable_certificate_stops_startup(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="No such file"):
-        create_server(
+        build_service(
             load_config(
                 {
                     "CACHEGATE_LISTEN": "127.0.0.1:0",
@@ -332,13 +334,13 @@ def test_bad_tokens_file_stops_startup(tmp_path: Path) -> None:
     bad = tmp_path / "bad-tokens"
     bad.write_text("tiny-Xq7 alice client\n")
     with pytest.raises(ServerStartError, match="line 1: token shorter than 16") as caught:
-        create_server(
+        build_service(
             load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_TOKENS_FILE": str(bad)})
         )
     assert "tiny-Xq7" not in str(caught.value)  # the token itself is never echoed
     bad.write_text(f"{ALICE_TOKEN} a:b client\n")
     with pytest.raises(ServerStartError, match="tenant must match"):
-        create_server(
+        build_service(
             load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_TOKENS_FILE": str(bad)})
         )
 

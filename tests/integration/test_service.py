@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from grpc_status import rpc_status
 
 from cachegate.client import CacheClient, CacheUnavailableError, InvalidRequestError
-from cachegate.service import SERVICE_NAME
+from cachegate.rpc import SERVICE_NAME
 from cachegate.v1 import cache_pb2 as pb
 from conftest import RunningServer, StartServer
 from redisprocs import RedisProcess

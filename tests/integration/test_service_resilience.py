@@ -13,7 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from cachegate.core import load_config
-from cachegate.service import SERVICE_NAME, create_server
+from cachegate.rpc import SERVICE_NAME
+from cachegate.runtime import build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from conftest import RunningServer, StartServer
@@ -350,8 +351,9 @@ def test_a_stream_cut_by_the_drain_ends_unavailable_for_the_caller_and_the_metri
         def handled(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
             handled.append((method, code))
 
-    config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0"})
-    server, port = create_server(config, observer=Recorder())
+    config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", "CACHEGATE_HTTP_LISTEN": "off"})
+    service = build_service(config, observer=Recorder())
+    server, port = service.server, service.port
     server.start()
     assert server.health.wait_ready(10)
     batches: queue.Queue[pb.PipelineRequest | None] = queue.Queue()

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from cachegate.service._http import HttpSidePort
-from cachegate.service._httpserver import MAX_HEAD_BYTES
+from cachegate.runtime._http import HttpSidePort
+from cachegate.runtime._httpserver import MAX_HEAD_BYTES
 
 
 @pytest.fixture

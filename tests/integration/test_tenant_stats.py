@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cachegate.client import CacheClient, Get, RedisCache
-from cachegate.service import CacheServer
+from cachegate.rpc import CacheServer
 from cachegate.v1 import cache_pb2 as pb
 from conftest import StartServer
 from redisprocs import RedisProcess

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cachegate.core import load_config
-from cachegate.service import ServerStartError, create_server
-from cachegate.service.main import Service, build_service
+from cachegate.rpc import ServerStartError
+from cachegate.runtime import Service, build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from certs import Authority, Pair
@@ -219,6 +219,6 @@ def test_unusable_tls_files_stop_startup_naming_the_file(tmp_path: Path) -> None
             }
         )
         with pytest.raises(ServerStartError) as caught:
-            create_server(config)
+            build_service(config)
         assert message in str(caught.value)
         assert one.key_pem.decode().splitlines()[1] not in str(caught.value)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cachegate.core import CircuitBreaker, CircuitState
-from cachegate.service._board import Board, Forced, SharedBreakerCommands
+from cachegate.rpc import Forced
+from cachegate.runtime._board import Board, SharedBreakerCommands
 
 
 def test_a_request_becomes_the_command_in_force_and_waits_for_every_live_ack() -> None:

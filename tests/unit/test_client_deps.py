@@ -22,7 +22,8 @@ FORBIDDEN = (
     "google.rpc",
     "cachegate.core",
     "cachegate.pool",
-    "cachegate.service",
+    "cachegate.rpc",
+    "cachegate.runtime",
 )
 
 

@@ -1,4 +1,4 @@
-"""CPU placement arithmetic (service/_cpus.py) on given file contents: no real cgroup.
+"""CPU placement arithmetic (runtime/_cpus.py) on given file contents: no real cgroup.
 
 The cgroup files are given as text, as the kernel writes them; a real cgroup is used by
 tests/integration/test_workers.py where the machine allows it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from cachegate.core import load_config
-from cachegate.service._cpus import (
+from cachegate.runtime._cpus import (
     CpuQuota,
     cgroup_dirs,
     parse_cfs,
@@ -18,7 +18,7 @@ from cachegate.service._cpus import (
     read_cpu_quota,
     worker_count,
 )
-from cachegate.service._workers import plan_workers, worker_config
+from cachegate.runtime._workers import plan_workers, worker_config
 
 REDIS = {"CACHEGATE_BACKEND": "redis"}
 

@@ -25,8 +25,8 @@ import yaml
 
 from cachegate.client import SERVICE_NAME
 from cachegate.core import SETTINGS, load_config
-from cachegate.service._cpus import CpuQuota
-from cachegate.service._workers import plan_workers
+from cachegate.runtime._cpus import CpuQuota
+from cachegate.runtime._workers import plan_workers
 from conftest import RunningServer, StartServer
 from redisprocs import free_port
 
@@ -575,12 +575,12 @@ def test_wheel_from_the_docker_build_context(tmp_path: Path) -> None:
         names = archive.namelist()
         (entry_points_name,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points = archive.read(entry_points_name).decode()
-    for package in ("v1", "client", "core", "pool", "service"):
+    for package in ("v1", "client", "core", "pool", "rpc", "runtime"):
         assert f"cachegate/{package}/__init__.py" in names, package
     assert "cachegate/client/_healthcheck.py" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
     for script in (
-        "cachegate-server = cachegate.service.main:main",
+        "cachegate-server = cachegate.runtime.main:main",
         "cachegate = cachegate.client._cli:main",
         "cachegate-healthcheck = cachegate.client._healthcheck:main",
     ):

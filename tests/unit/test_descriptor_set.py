@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
-from cachegate.service._reflection import DescriptorIndex
+from cachegate.rpc._reflection import DescriptorIndex
 from cachegate.v1 import admin_pb2, cache_pb2
 
 GENERATED: dict[str, FileDescriptor] = {

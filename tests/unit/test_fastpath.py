@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachegate.service._fastpath import get_only_keys
+from cachegate.rpc._fastpath import get_only_keys
 from cachegate.v1 import cache_pb2 as pb
 
 

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from cachegate.pool._bounded import PartialRead, TooLarge, read_known, script_sizes
-from cachegate.service._budget import MemoryBudget
-from cachegate.service._sendwatch import SendWatch
-from cachegate.service._wire import MessageTooLarge, limited, too_many_operations
+from cachegate.rpc._budget import MemoryBudget
+from cachegate.rpc._sendwatch import SendWatch
+from cachegate.rpc._wire import MessageTooLarge, limited, too_many_operations
 from cachegate.v1 import cache_pb2 as pb
 
 

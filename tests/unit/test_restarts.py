@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.backoff import ExponentialBackoff
 
-from cachegate.service._restarts import FIRST_DELAY, MAX_DELAY, STABLE_AFTER, RestartPolicy
+from cachegate.runtime._restarts import FIRST_DELAY, MAX_DELAY, STABLE_AFTER, RestartPolicy
 
 
 class FakeClock:

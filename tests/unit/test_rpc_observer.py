@@ -7,7 +7,7 @@ import threading
 import grpc
 from prometheus_client import CollectorRegistry
 
-from cachegate.service._metrics import HANDLING_BUCKETS, PrometheusObserver
+from cachegate.rpc._metrics import HANDLING_BUCKETS, PrometheusObserver
 
 LABELS = {"grpc_service": "cachegate.v1.CacheService", "grpc_type": "unary", "worker": "3"}
 

@@ -1,12 +1,12 @@
-"""StreamGate and caller_of (service/_streams.py): admission, shares, idleness; a fake clock."""
+"""StreamGate and caller_of (rpc/_streams.py): admission, shares, idleness; a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
 from cachegate.core import ConfigError, load_config
-from cachegate.service._status import TooBusyError
-from cachegate.service._streams import StreamGate, caller_of
+from cachegate.rpc._status import TooBusyError
+from cachegate.rpc._streams import StreamGate, caller_of
 
 
 class FakeClock:

@@ -12,8 +12,8 @@ from concurrent import futures
 
 import pytest
 
-from cachegate.service._cpus import CpuQuota, process_cpu_share
-from cachegate.service._threads import CpuGauge, RpcThreadPool
+from cachegate.runtime._cpus import CpuQuota, process_cpu_share
+from cachegate.runtime._threads import CpuGauge, RpcThreadPool
 
 WAIT = 5.0  # seconds any single expectation may take before the test fails
 

@@ -151,13 +151,13 @@ class LimitSettings:
     max_concurrent_rpcs: int = 1000
     max_streams: int = 100
     max_receive_message_bytes: int = 16 * 1024 * 1024
-    # Fair streams (service/_streams.py): the share of max_streams one caller may hold,
+    # Fair streams (rpc/_streams.py): the share of max_streams one caller may hold,
     # and how long a stream may go without a batch before it is closed (0: never).
     stream_share: float = 0.25
     stream_idle_seconds: float = 30.0
     # HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
     max_streams_per_connection: int = 100
-    # Request and reply bytes one worker may hold at once (see service/_budget.py).
+    # Request and reply bytes one worker may hold at once (see rpc/_budget.py).
     memory_budget_bytes: int = 128 * 1024 * 1024
     # How long one Pipeline reply may wait for a caller that does not read it.
     send_timeout: float = 10.0
@@ -188,7 +188,7 @@ class ServerSettings:
     workers: int = 0  # 0 means one per CPU the process may use (affinity and quota)
     pin_cpus: bool = False
     rpc_threads: int = 8
-    # Not settings: what the supervisor found (service/_cpus.py), for the thread pool.
+    # Not settings: what the supervisor found (runtime/_cpus.py), for the thread pool.
     cpu_share: float = 1.0  # the CPU one process may use, in CPUs
     cpu_period: float = 0.0  # the CPU quota's period in seconds; 0 without a quota
     log_level: str = "INFO"

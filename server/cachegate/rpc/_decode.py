@@ -20,7 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from cachegate.service._wire import RequestLimit, limited
+from cachegate.rpc._wire import RequestLimit, limited
 
 __all__ = ["Undecodable", "add_service", "handler_factory", "undecodable_message"]
 

@@ -1,6 +1,10 @@
-"""Building the gRPC server (`create_server`) apart from running it (`serve`).
+"""Building the gRPC server (`create_server`) apart from running it.
 
-Tests call `create_server(config)` with `127.0.0.1:0` and dial the port they got.
+`create_server` assembles the gRPC layer from parts it is given (the pool, the
+executor, the observer): it builds none of them. The process runtime's one
+composition root (`cachegate.runtime.build_service`) makes those parts, for
+production and for the tests alike; tests listen on `127.0.0.1:0` and dial the port
+they got.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -18,22 +23,22 @@ from grpc_health.v1 import health_pb2
 
 from cachegate.core import CircuitState, Config, LimitSettings
 from cachegate.pool import RedisConnectionPool
-from cachegate.service._admin import AdminServicer
-from cachegate.service._auth import AuthInterceptor, TokenTable, TokenTableError
-from cachegate.service._board import BreakerCommands
-from cachegate.service._decode import add_service
-from cachegate.service._health import HealthReporter
-from cachegate.service._observe import RpcObserver
-from cachegate.service._reflection import enable_reflection
-from cachegate.service._servicer import CacheServicer
-from cachegate.service._threads import RpcThreadPool
-from cachegate.service._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
-from cachegate.service._wire import request_limits
+from cachegate.rpc._admin import AdminServicer
+from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
+from cachegate.rpc._commands import BreakerCommands
+from cachegate.rpc._decode import add_service
+from cachegate.rpc._health import HealthReporter
+from cachegate.rpc._observe import RpcObserver
+from cachegate.rpc._reflection import enable_reflection
+from cachegate.rpc._servicer import CacheServicer
+from cachegate.rpc._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
+from cachegate.rpc._wire import request_limits
 from cachegate.v1 import admin_pb2, cache_pb2
 
 __all__ = [
     "AddressInUseError",
     "CacheServer",
+    "RpcExecutor",
     "ServerStartError",
     "create_server",
     "load_security",
@@ -65,6 +70,27 @@ class AddressInUseError(ServerStartError, OSError):
     """The listen address is taken (we never share a port by accident)."""
 
 
+class RpcExecutor(Protocol):
+    """The executor grpc runs calls on, and what a graceful stop asks of it.
+
+    The process runtime's `RpcThreadPool` is the one in use (runtime/_threads.py).
+    """
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> futures.Future[Any]: ...
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None: ...
+
+    def now(self) -> float:
+        """A mark in time that `running_before` understands."""
+        ...
+
+    def running_before(self, when: float) -> int:
+        """How many calls started before `when` are still running."""
+        ...
+
+
 @dataclass(slots=True)
 class CacheServer:
     """A built server: the gRPC server, its pool and its health reporter.
@@ -84,7 +110,7 @@ class CacheServer:
     pool: RedisConnectionPool
     health: HealthReporter
     config: Config
-    threads: RpcThreadPool
+    threads: RpcExecutor
     servicer: CacheServicer
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -194,7 +220,8 @@ def _log_transition(old: CircuitState, new: CircuitState) -> None:
 def create_server(
     config: Config,
     *,
-    pool: RedisConnectionPool | None = None,
+    pool: RedisConnectionPool,
+    executor: RpcExecutor,
     listen: str | None = None,
     reuse_port: bool = False,
     worker_id: int = 0,
@@ -208,15 +235,17 @@ def create_server(
 
     `reuse_port` is only for our own worker processes: otherwise a second server
     on the same port must fail instead of silently taking half the traffic.
-    `breaker_commands` carries admin RPCs to every worker (worker mode, _board.py).
+    `breaker_commands` carries admin RPCs to every worker (worker mode, see
+    rpc/_commands.py). The pool and the executor stay the caller's until this
+    returns: on failure the caller closes them (the composition root does).
     """
     limits = config.limits
     security = config.security
-    # Before anything exists: nothing half-starts.
+    threads = executor
+    # Before anything is built: nothing half-starts.
     tokens, credentials = load_security(config, tls_listener=tls_listener)
     if tokens is not None:
         interceptors = (AuthInterceptor(tokens), *interceptors)
-    pool = pool or RedisConnectionPool(config)
     options = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
@@ -227,14 +256,6 @@ def create_server(
         ("grpc.keepalive_permit_without_calls", 1),
         *http2_abuse_options(limits),
     ]
-    # A few hot threads, and one more for each call that holds a thread for long
-    # (a stream, a hung Redis), up to the RPC limit: see _threads.py.
-    threads = RpcThreadPool(
-        min(config.server.rpc_threads, limits.max_concurrent_rpcs),
-        limits.max_concurrent_rpcs,
-        cpu_share=config.server.cpu_share,  # the CPU this process may use (_cpus.py)
-        cpu_period=config.server.cpu_period,
-    )
     server = grpc.server(
         threads,  # type: ignore[arg-type]  # grpc only calls submit(); its stubs name one class
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
@@ -285,8 +306,6 @@ def create_server(
     except RuntimeError as exc:
         port, failure = 0, exc
     if port == 0:  # older grpcio reports a failed bind as port 0 instead of raising
-        threads.shutdown(wait=False)
-        pool.close()
         reason = str(failure) if failure is not None else "address in use or invalid"
         raise AddressInUseError(f"cannot listen on {address}: {reason}") from failure
     log.info(

@@ -8,7 +8,7 @@ import grpc
 
 from cachegate.core import BreakerSnapshot, CircuitState
 from cachegate.pool import RedisConnectionPool
-from cachegate.service._board import BreakerCommands, Forced, LocalBreakerCommands
+from cachegate.rpc._commands import BreakerCommands, Forced, LocalBreakerCommands
 from cachegate.v1 import admin_pb2 as admin_pb
 from cachegate.v1 import admin_pb2_grpc as admin_grpc
 from cachegate.v1 import cache_pb2 as pb

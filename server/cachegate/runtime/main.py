@@ -21,21 +21,17 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from cachegate.core import SETTINGS, Config, ConfigError, load_config
-from cachegate.service._malloc import bound_allocator
-from cachegate.service._server import ServerStartError, load_security
+from cachegate.rpc._server import ServerStartError, load_security
+from cachegate.runtime._malloc import bound_allocator
 
 if TYPE_CHECKING:
-    from cachegate.service._board import SharedBreakerCommands, WorkerBoard
-    from cachegate.service._http import HttpSidePort
-    from cachegate.service._metrics import ServerMetrics
-    from cachegate.service._server import CacheServer
+    from cachegate.runtime._board import WorkerBoard
 
-__all__ = ["Service", "build_service", "main", "run"]
+__all__ = ["main", "run"]
 
 log = logging.getLogger("cachegate")
 
@@ -86,81 +82,6 @@ def _configure_logging(level: str) -> None:
     root.setLevel(level)
 
 
-@dataclass
-class Service:
-    """One process's servers: gRPC, its metrics, and the HTTP side port (if any)."""
-
-    server: CacheServer
-    port: int
-    metrics: ServerMetrics
-    http: HttpSidePort | None
-    commands: SharedBreakerCommands | None = None  # worker mode: admin RPCs reach all
-
-    def start(self) -> None:
-        if self.commands is not None:  # a breaker command in force applies before serving
-            self.commands.start()
-        self.server.start()
-        if self.http is not None:
-            self.http.start()
-
-    def stop(self, grace: float | None = None, *, exiting: bool = False) -> None:
-        """gRPC first (NOT_SERVING, drain within the grace, pool closed), then the side
-        port. `exiting`: the process ends right after (see CacheServer)."""
-        if self.commands is not None:
-            self.commands.stop()
-        self.server.stop(grace, exiting=exiting)
-        if self.http is not None:
-            self.http.stop()
-
-
-def build_service(
-    config: Config, *, worker_id: int = 0, workers: int = 1, board: WorkerBoard | None = None
-) -> Service:
-    """Build (not start) the gRPC server with metrics and the side port.
-
-    `board`: the supervisor's shared board (worker mode), through which admin RPCs
-    reach every worker. Raises AddressInUseError or HttpListenError (both OSError)
-    when an address is taken; nothing is left open then.
-    """
-    from cachegate.pool import RedisConnectionPool
-    from cachegate.service._board import SharedBreakerCommands
-    from cachegate.service._http import HttpSidePort
-    from cachegate.service._metrics import ServerMetrics
-    from cachegate.service._server import create_server
-
-    pool = RedisConnectionPool(config)
-    metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
-    commands = SharedBreakerCommands(board, pool.breaker) if board is not None else None
-    try:
-        server, port = create_server(
-            config,
-            pool=pool,
-            reuse_port=workers > 1,
-            worker_id=worker_id,
-            workers=workers,
-            observer=metrics.observer,
-            tls_listener=metrics.tls_reloaded,
-            breaker_commands=commands,
-        )
-    except BaseException:
-        pool.close()
-        raise
-    http = None
-    if config.server.http_listen is not None:
-        try:
-            http = HttpSidePort(
-                config.server.http_listen,
-                registry=metrics.registry,
-                health=pool.health_check,
-                max_connections=config.server.http_max_connections,
-                read_timeout=config.server.http_read_timeout,
-            )
-        except OSError:
-            server.stop(grace=0)
-            raise
-    return Service(server, port, metrics, http, commands)
-
-
 def install_stop_handlers() -> threading.Event:
     """SIGTERM and SIGINT set the returned event (main thread only)."""
     stop = threading.Event()
@@ -187,6 +108,8 @@ def run(
     unusable tokens or certificate file. In worker mode the supervisor treats 1 and 2
     from a worker's first start, before it served, as a start-up error (it stops).
     """
+    from cachegate.runtime._compose import build_service
+
     if stop is None:
         stop = install_stop_handlers()
     try:
@@ -224,8 +147,8 @@ def run(
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     from prometheus_client import disable_created_metrics
 
-    from cachegate.service._cpus import available_cpus, read_cpu_quota
-    from cachegate.service._workers import (
+    from cachegate.runtime._cpus import available_cpus, read_cpu_quota
+    from cachegate.runtime._workers import (
         Supervisor,
         check_worker_mode,
         pin_to,
@@ -268,10 +191,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         os._exit(code)
     # Import (never build) what the workers run before forking: they share the
     # modules and start at once. Importing grpc creates no thread and no gRPC object.
-    import cachegate.service._board
-    import cachegate.service._http
-    import cachegate.service._metrics
-    import cachegate.service._server  # noqa: F401
+    import cachegate.runtime._compose  # noqa: F401
 
     try:
         check_worker_mode(config, plan)

@@ -59,9 +59,9 @@ from types import FrameType
 from typing import Protocol
 
 from cachegate.core import Config, ConfigError
-from cachegate.service._board import Board, WorkerBoard
-from cachegate.service._cpus import CpuQuota, available_cpus, process_cpu_share, worker_count
-from cachegate.service._restarts import RestartPolicy
+from cachegate.runtime._board import Board, WorkerBoard
+from cachegate.runtime._cpus import CpuQuota, available_cpus, process_cpu_share, worker_count
+from cachegate.runtime._restarts import RestartPolicy
 
 __all__ = [
     "STARTUP_EXIT_CODES",

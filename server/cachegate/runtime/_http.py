@@ -21,7 +21,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from cachegate.service._httpserver import BoundedHttpServer
+from cachegate.runtime._httpserver import BoundedHttpServer
 
 __all__ = ["HttpListenError", "HttpSidePort", "split_listen"]
 

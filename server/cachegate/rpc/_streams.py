@@ -36,8 +36,8 @@ from typing import TypeVar
 
 import grpc
 
-from cachegate.service._endcall import end_call
-from cachegate.service._status import TooBusyError
+from cachegate.rpc._endcall import end_call
+from cachegate.rpc._status import TooBusyError
 
 __all__ = ["OpenStream", "StreamGate", "caller_of", "status_closer"]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 
-from cachegate.service._decode import handler_factory
+from cachegate.rpc._decode import handler_factory
 
 __all__ = ["ADMIN_PREFIX", "AuthInterceptor", "Identity", "TokenTable", "TokenTableError"]
 

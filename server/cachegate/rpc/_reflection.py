@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from cachegate.service._decode import add_service
+from cachegate.rpc._decode import add_service
 
 __all__ = [
     "DESCRIPTOR_SET",

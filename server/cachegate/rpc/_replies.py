@@ -24,8 +24,8 @@ import grpc
 
 from cachegate.core import LimitSettings
 from cachegate.pool import TooLarge
-from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
-from cachegate.service._status import TooBusyError
+from cachegate.rpc._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
+from cachegate.rpc._status import TooBusyError
 from cachegate.v1 import cache_pb2 as pb
 
 __all__ = ["BUDGET_WAIT_SECONDS", "ReplyBudget", "too_large_indexes"]

@@ -23,32 +23,22 @@ last one the supervisor reads wins.
 Each word is an aligned 64-bit integer read and written whole (memoryview of format
 "Q"): one writer per word, so no lock is needed between processes.
 
-One process (no supervisor) uses `LocalBreakerCommands`: the command applies at once.
+One process (no supervisor) uses `LocalBreakerCommands` (rpc/_commands.py): the
+command applies at once.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import mmap
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from cachegate.core import CircuitBreaker
+from cachegate.rpc._commands import Forced, Reach
 
-__all__ = [
-    "FOLLOW_INTERVAL",
-    "Board",
-    "BreakerCommands",
-    "Forced",
-    "LocalBreakerCommands",
-    "Reach",
-    "SharedBreakerCommands",
-    "WorkerBoard",
-]
+__all__ = ["FOLLOW_INTERVAL", "Board", "SharedBreakerCommands", "WorkerBoard"]
 
 log = logging.getLogger("cachegate.board")
 
@@ -59,52 +49,6 @@ _WORD = 8
 _HEADER = 1
 _SLOT = 5
 _PID, _SERVING, _ACKED, _REQUEST, _ANSWER = range(_SLOT)
-
-
-class Forced(enum.IntEnum):
-    """The breaker command in force across the workers."""
-
-    NONE = 0  # released (ResetBreaker, or never forced)
-    OPEN = 1
-    CLOSED = 2
-
-    def apply(self, breaker: CircuitBreaker) -> None:
-        if self is Forced.OPEN:
-            breaker.force_open()
-        elif self is Forced.CLOSED:
-            breaker.force_closed()
-        else:
-            breaker.reset()
-
-
-@dataclass(frozen=True, slots=True)
-class Reach:
-    """How far a command got: its generation, and the live workers that did not ack it."""
-
-    generation: int
-    workers: int
-    pending: tuple[int, ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        return not self.pending
-
-
-class BreakerCommands(Protocol):
-    """What AdminServicer calls: apply `forced` to every worker's breaker (bounded wait)."""
-
-    def command(self, forced: Forced, timeout: float) -> Reach: ...
-
-
-class LocalBreakerCommands:
-    """One process: the command applies to its own breaker at once."""
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self._breaker = breaker
-
-    def command(self, forced: Forced, timeout: float) -> Reach:
-        forced.apply(self._breaker)
-        return Reach(generation=0, workers=1)
 
 
 class Board:

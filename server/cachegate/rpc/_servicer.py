@@ -14,18 +14,18 @@ from google.protobuf.message import DecodeError
 
 from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
-from cachegate.service._admin import breaker_stats
-from cachegate.service._auth import Identity, TokenTable
-from cachegate.service._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
-from cachegate.service._decode import Undecodable, undecodable_message
-from cachegate.service._endcall import end_call
-from cachegate.service._fastpath import get_only_keys
-from cachegate.service._health import HealthSample
-from cachegate.service._limits import check_key, check_ttl, check_value
-from cachegate.service._observe import NullObserver, RpcObserver
-from cachegate.service._replies import ReplyBudget, too_large_indexes
-from cachegate.service._sendwatch import SendWatch
-from cachegate.service._status import (
+from cachegate.rpc._admin import breaker_stats
+from cachegate.rpc._auth import Identity, TokenTable
+from cachegate.rpc._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
+from cachegate.rpc._decode import Undecodable, undecodable_message
+from cachegate.rpc._endcall import end_call
+from cachegate.rpc._fastpath import get_only_keys
+from cachegate.rpc._health import HealthSample
+from cachegate.rpc._limits import check_key, check_ttl, check_value
+from cachegate.rpc._observe import NullObserver, RpcObserver
+from cachegate.rpc._replies import ReplyBudget, too_large_indexes
+from cachegate.rpc._sendwatch import SendWatch
+from cachegate.rpc._status import (
     INTERNAL,
     InvalidArgumentError,
     Rejection,
@@ -35,8 +35,8 @@ from cachegate.service._status import (
     code_number,
     status_for,
 )
-from cachegate.service._streams import StreamGate, caller_of, status_closer
-from cachegate.service._wire import MessageTooLarge, too_many_operations
+from cachegate.rpc._streams import StreamGate, caller_of, status_closer
+from cachegate.rpc._wire import MessageTooLarge, too_many_operations
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 

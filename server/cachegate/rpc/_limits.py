@@ -8,7 +8,7 @@ Redis accepts without overflowing its millisecond expiry time).
 from __future__ import annotations
 
 from cachegate.core import LimitSettings
-from cachegate.service._status import InvalidArgumentError
+from cachegate.rpc._status import InvalidArgumentError
 
 __all__ = ["MAX_TTL_SECONDS", "check_key", "check_ttl", "check_value"]
 
