@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cachegate.core import load_config
-from cachegate.service import CacheServer, create_server
+from cachegate.service import CacheServer, RpcObserver, create_server
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import (
     ClusterSetup,
@@ -116,12 +117,20 @@ StartServer = Callable[..., RunningServer]
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """Start servers with extra environment-style settings; all stopped at teardown."""
+    """Start servers with extra environment-style settings; all stopped at teardown.
+
+    `observer` and `interceptors` let a test see what the server sees of each call."""
     running: list[RunningServer] = []
 
-    def start(env: Mapping[str, str] | None = None, *, wait_ready: bool = True) -> RunningServer:
+    def start(
+        env: Mapping[str, str] | None = None,
+        *,
+        wait_ready: bool = True,
+        observer: RpcObserver | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    ) -> RunningServer:
         config = load_config({"CACHEGATE_LISTEN": "127.0.0.1:0", **(env or {})})
-        server, port = create_server(config)
+        server, port = create_server(config, observer=observer, interceptors=interceptors)
         server.start()
         if wait_ready:
             assert server.health.wait_ready(10), "backend never answered"
