@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cachegate.core import load_config
-from cachegate.rpc import CacheServer
+from cachegate.rpc import CacheServer, RpcObserver
 from cachegate.runtime import Service, build_service
 from cachegate.v1 import cache_pb2_grpc
 from redisprocs import (
@@ -124,11 +125,18 @@ def start_server() -> Iterator[StartServer]:
     """Start servers with extra environment-style settings; all stopped at teardown.
 
     Built by the production composition root (`build_service`), side port included
-    (on a port of its own unless the test says otherwise).
+    (on a port of its own unless the test says otherwise). `observer` and
+    `interceptors` let a test see what the server sees of each call.
     """
     running: list[RunningServer] = []
 
-    def start(env: Mapping[str, str] | None = None, *, wait_ready: bool = True) -> RunningServer:
+    def start(
+        env: Mapping[str, str] | None = None,
+        *,
+        wait_ready: bool = True,
+        observer: RpcObserver | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+    ) -> RunningServer:
         config = load_config(
             {
                 "CACHEGATE_LISTEN": "127.0.0.1:0",
@@ -136,7 +144,7 @@ def start_server() -> Iterator[StartServer]:
                 **(env or {}),
             }
         )
-        service = build_service(config)
+        service = build_service(config, observer=observer, interceptors=interceptors)
         service.start()
         port = service.port
         if wait_ready:

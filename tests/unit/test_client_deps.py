@@ -1,4 +1,4 @@
-"""The thin client installs and imports with grpcio and protobuf alone."""
+"""The thin client (sync and asyncio) installs and imports with grpcio and protobuf alone."""
 
 from __future__ import annotations
 
@@ -59,6 +59,19 @@ def test_client_imports_and_works_with_server_modules_blocked() -> None:
             print("unavailable as expected")
         finally:
             c.close()
+
+        import asyncio
+        import cachegate.client.aio as aio
+
+        async def unreachable():
+            async with aio.AsyncCacheClient("127.0.0.1:1", timeout=0.2) as c:
+                try:
+                    await c.get("k")
+                except client.CacheUnavailableError as exc:
+                    assert isinstance(exc, ConnectionError)
+                    print("aio unavailable as expected")
+
+        asyncio.run(unreachable())
         loaded = sorted(m for m in sys.modules if forbidden(m))
         assert not loaded, loaded
         """
@@ -67,4 +80,5 @@ def test_client_imports_and_works_with_server_modules_blocked() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "unavailable as expected" in result.stdout
+    assert "\nunavailable as expected" in "\n" + result.stdout
+    assert "aio unavailable as expected" in result.stdout

@@ -53,7 +53,7 @@ def banned(module: str, prefixes: tuple[str, ...]) -> bool:
 def test_no_import_runs_back_up(package: str) -> None:
     offences = [
         f"{path.relative_to(ROOT)} imports {module}"
-        for path in sorted(PACKAGES[package].glob("*.py"))
+        for path in sorted(PACKAGES[package].rglob("*.py"))
         for module in sorted(imports(path))
         if banned(module, FORBIDDEN[package])
     ]
@@ -69,8 +69,8 @@ def test_the_rule_sees_an_offence() -> None:
 # The entry points: the server's, the guide's get_redis_pool() (it reads the guide's
 # variables by contract), and the client's defaults (CACHEGATE_TARGET, the CLI's token).
 ENVIRONMENT_READERS = [
+    "client/cachegate/client/_channel.py",
     "client/cachegate/client/_cli.py",
-    "client/cachegate/client/_client.py",
     "server/cachegate/pool/_global.py",
     "server/cachegate/runtime/main.py",
 ]
@@ -96,7 +96,7 @@ def test_only_the_entry_points_read_the_environment() -> None:
     readers = sorted(
         str(path.relative_to(ROOT))
         for root in PACKAGES.values()
-        for path in root.glob("*.py")
+        for path in root.rglob("*.py")
         if reads_environment(path)
     )
     assert readers == ENVIRONMENT_READERS

@@ -5,9 +5,12 @@
 - `NearCache`: an opt-in local cache with bounded size and staleness.
 - Operations `Get`, `SetEx`, `Delete` and their `Result`s for pipelines.
 - Exceptions, mapped from gRPC status codes in `cachegate.client._errors`.
+
+The asyncio client is `cachegate.client.aio` (`AsyncCacheClient`, `AsyncRedisCache`).
 """
 
-from cachegate.client._client import DEFAULT_TARGET, SERVICE_NAME, CacheClient, HealthStatus
+from cachegate.client._channel import DEFAULT_TARGET, SERVICE_NAME
+from cachegate.client._client import CacheClient
 from cachegate.client._compat import RedisCache
 from cachegate.client._errors import (
     CacheClientError,
@@ -18,6 +21,7 @@ from cachegate.client._errors import (
     ResourceExhaustedError,
     ServerError,
 )
+from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache, NearCacheStats
 from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
 

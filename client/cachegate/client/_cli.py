@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from cachegate.client._client import SERVICE_NAME, CacheClient
+from cachegate.client._channel import SERVICE_NAME
+from cachegate.client._client import CacheClient
 from cachegate.client._errors import (
     CacheClientError,
     CacheUnavailableError,

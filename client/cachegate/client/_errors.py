@@ -13,6 +13,8 @@ Exception
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from cachegate.client._wire import STATUS_DETAILS_KEY, retry_after_seconds
@@ -85,13 +87,17 @@ def error_for(code: grpc.StatusCode, message: str) -> CacheClientError:
 
 
 def from_rpc_error(error: grpc.RpcError) -> CacheClientError:
-    """Our exception for a failed call (raise it `from error`)."""
+    """Our exception for a failed call of grpc or grpc.aio (raise it `from error`)."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
     retry_after = None
-    for metadatum in error.trailing_metadata() or ():
-        if metadatum.key == STATUS_DETAILS_KEY and isinstance(metadatum.value, bytes):
-            retry_after = retry_after_seconds(metadatum.value)
+    # (key, value) pairs from either stack: grpc's are named tuples (typed in
+    # grpc-stubs as objects with .key and .value only), grpc.aio's Metadata yields
+    # plain tuples.
+    trailing: Any = error.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            retry_after = retry_after_seconds(value)
     return _BY_CODE.get(code, ServerError)(details, code, retry_after=retry_after)
 
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from cachegate.client._client import DEFAULT_TARGET, SERVICE_NAME, CacheClient
+from cachegate.client._channel import DEFAULT_TARGET, SERVICE_NAME
+from cachegate.client._client import CacheClient
 from cachegate.client._errors import CacheClientError
 
 __all__ = ["EXIT_NOT_SERVING", "EXIT_SERVING", "EXIT_USAGE", "main"]

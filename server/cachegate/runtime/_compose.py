@@ -8,7 +8,11 @@ the RPC executor, metrics, breaker commands across workers, the gRPC layer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import grpc
 
 from cachegate.core import Config
 from cachegate.pool import RedisConnectionPool
@@ -66,14 +70,16 @@ def build_service(
     workers: int = 1,
     board: WorkerBoard | None = None,
     observer: RpcObserver | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> Service:
     """Build (not start) the gRPC server with metrics and the side port.
 
     `board`: the supervisor's shared board (worker mode), through which admin RPCs
-    reach every worker. `observer` replaces the metrics' own RPC observer (tests that
-    watch every call). Raises AddressInUseError or HttpListenError (both OSError)
-    when an address is taken, ServerStartError for an unusable tokens or certificate
-    file; nothing is left open then.
+    reach every worker. `observer` replaces the metrics' own RPC observer and
+    `interceptors` run after authentication (embedders, and tests that watch every
+    call). Raises AddressInUseError or HttpListenError (both OSError) when an address
+    is taken, ServerStartError for an unusable tokens or certificate file; nothing is
+    left open then.
     """
     pool = RedisConnectionPool(config)
     threads = rpc_threads(config)
@@ -90,6 +96,7 @@ def build_service(
             observer=metrics.observer if observer is None else observer,
             tls_listener=metrics.tls_reloaded,
             breaker_commands=commands,
+            interceptors=interceptors,
         )
     except BaseException:
         threads.shutdown(wait=False)
