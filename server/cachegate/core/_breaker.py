@@ -223,6 +223,7 @@ class CircuitBreaker:
             CircuitOpenError: when OPEN (before the recovery timeout has
                 elapsed, or forced), or HALF_OPEN with all probe slots taken.
         """
+        retry_after = 0.0
         with self._lock:
             now = self._clock()
             notify = self._refresh_locked(now)
