@@ -18,7 +18,7 @@ from cachegate.client._near import NearCache
 from cachegate.v1 import cache_pb2 as pb
 
 __all__ = [
-    "CIRCUIT_STATES",
+    "CIRCUIT_STATE_FROM_PROTO",
     "HEALTH_KEYS",
     "POOL_KEYS",
     "LegacyCache",
@@ -45,7 +45,14 @@ HEALTH_KEYS = (  # in the guide's order, then cachegate's additions
     "age_seconds",
 )
 POOL_KEYS = ("created_connections", "available_connections", "in_use_connections")
-CIRCUIT_STATES = {1: "closed", 2: "open", 3: "half-open"}
+# The client's one map from the wire's breaker states to the names the server's
+# in-process health_check() gives them (its CircuitState values; the server's way
+# there is cachegate.rpc._admin.CIRCUIT_STATE_TO_PROTO). Unknown values map to None.
+CIRCUIT_STATE_FROM_PROTO: dict[pb.CircuitState, str] = {
+    pb.CIRCUIT_STATE_CLOSED: "closed",
+    pb.CIRCUIT_STATE_OPEN: "open",
+    pb.CIRCUIT_STATE_HALF_OPEN: "half-open",
+}
 
 ClientT = TypeVar("ClientT", bound=ClientBase[Any])
 
@@ -138,7 +145,7 @@ def health_report(stats: pb.StatsResponse, serving: HealthStatus) -> dict[str, A
     report: dict[str, Any] = dict.fromkeys(HEALTH_KEYS)
     report["pool"] = dict.fromkeys(POOL_KEYS)
     report["backend"] = stats.backend or None
-    report["circuit_state"] = CIRCUIT_STATES.get(stats.breaker.state)
+    report["circuit_state"] = CIRCUIT_STATE_FROM_PROTO.get(stats.breaker.state)
     if stats.HasField("pool"):
         report["pool"] = {name: getattr(stats.pool, name) for name in POOL_KEYS}
     if stats.HasField("calls"):

@@ -1,19 +1,13 @@
-"""The pure core: configuration, the circuit breaker, deadlines and counters.
+"""The pure core: configuration, the circuit breaker, deadlines, counters, the exception root.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
 """
 
-from cachegate.core._breaker import (
-    BreakerConfig,
-    BreakerSnapshot,
-    CircuitBreaker,
-    CircuitOpenError,
-    CircuitState,
-    Outcome,
-    Permit,
-    StateListener,
-)
+from cachegate.core._breaker import BreakerSnapshot, CircuitBreaker
+from cachegate.core._breaker_config import BreakerConfig
+from cachegate.core._breaker_listeners import StateListener
+from cachegate.core._breaker_states import CircuitState, Outcome, Permit
 from cachegate.core._config import (
     BACKEND_HINTS,
     REPLY_COPIES,
@@ -35,6 +29,7 @@ from cachegate.core._config import (
     select_backend,
 )
 from cachegate.core._deadline import Deadline
+from cachegate.core._errors import CacheError, CircuitOpenError
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
 from cachegate.core._stats import CallCounters, CallStats
@@ -48,6 +43,7 @@ __all__ = [
     "BackendKind",
     "BreakerConfig",
     "BreakerSnapshot",
+    "CacheError",
     "CallCounters",
     "CallStats",
     "CircuitBreaker",

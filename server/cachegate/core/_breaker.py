@@ -38,22 +38,37 @@ forced-open breaker ignores probes.
 
 Operators can pin the breaker with `CircuitBreaker.force_open` /
 `CircuitBreaker.force_closed` and release it with `CircuitBreaker.reset`.
+
+Each state (the forced ones included) is an object of its own, in
+`cachegate.core._breaker_states`; this module holds what outlives a state (the
+lock, the clock, the counters) and makes the moves the states ask for. The
+settings are in `cachegate.core._breaker_config`, the listeners in
+`cachegate.core._breaker_listeners`, the refusal in `cachegate.core._errors`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
 
-from cachegate.core._probe import ProbePolicy
+from cachegate.core._breaker_config import BreakerConfig
+from cachegate.core._breaker_listeners import StateListener, TransitionAnnouncer
+from cachegate.core._breaker_states import (
+    BreakerState,
+    CircuitState,
+    ClosedState,
+    ForcedClosedState,
+    ForcedOpenState,
+    HalfOpenState,
+    Outcome,
+    Permit,
+)
+from cachegate.core._errors import CircuitOpenError
 
+# The breaker's whole vocabulary is importable from here, as it was when it all
+# lived in this module (the tests import it so).
 __all__ = [
     "BreakerConfig",
     "BreakerSnapshot",
@@ -64,198 +79,6 @@ __all__ = [
     "Permit",
     "StateListener",
 ]
-
-
-class CircuitState(enum.Enum):
-    """The three states of a circuit breaker."""
-
-    CLOSED = "closed"
-    """Calls flow; outcomes are watched for an outage."""
-    OPEN = "open"
-    """Calls are rejected until the recovery timeout has elapsed."""
-    HALF_OPEN = "half-open"
-    """A limited number of probe calls decide between closing and reopening."""
-
-
-class Outcome(enum.Enum):
-    """What a guarded call told us about the health of the backend."""
-
-    SUCCESS = "success"
-    """
-    The backend answered. An error *reply* (for Redis: ``WRONGTYPE`` and
-    friends) is a success for the breaker: the server is up.
-    """
-    FAILURE = "failure"
-    """An outage-class error: connection refused/reset, timeout."""
-    IGNORED = "ignored"
-    """
-    The call ended without telling anything about the backend (cancelled,
-    pool exhausted, caller's bug). Frees a probe slot, changes nothing else.
-    """
-
-
-class CircuitOpenError(ConnectionError):
-    """
-    Raised by `CircuitBreaker.acquire` when the breaker rejects a call.
-
-    It subclasses the builtin `ConnectionError` so that legacy
-    ``except ConnectionError:`` code keeps treating a rejected call like the
-    outage that caused it.
-
-    Attributes:
-        name: The name of the breaker that rejected the call.
-        state: `CircuitState.OPEN`, or `CircuitState.HALF_OPEN` when all
-            probe slots are taken.
-        retry_after: Seconds until the breaker lets a probe through. While
-            OPEN that is the time left of the recovery timeout; while an
-            operator forces it open, the configured ``recovery_timeout`` (we
-            cannot know when the operator will release it, so we hint at the
-            normal back-off). While HALF_OPEN it is ``0.0``: a slot frees up
-            as soon as the in-flight probe finishes, which we cannot predict.
-        forced: True when an operator forced the breaker open: no wait ends
-            it, only the operator's reset, so ``retry_after`` is no promise
-            and callers should not be told to retry after it.
-    """
-
-    name: str
-    state: CircuitState
-    retry_after: float
-    forced: bool
-
-    def __init__(
-        self, name: str, state: CircuitState, retry_after: float, forced: bool = False
-    ) -> None:
-        # OSError interprets 2+ constructor args as (errno, strerror, ...), so
-        # we pass exactly one: the message.
-        if forced:
-            message = (
-                f"circuit breaker {name!r} was forced open by an operator; "
-                "calls are refused until an operator resets it"
-            )
-        else:
-            message = f"circuit breaker {name!r} is {state.value}; retry after {retry_after:.3f}s"
-        super().__init__(message)
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
-        self.forced = forced
-
-    def __reduce__(
-        self,
-    ) -> tuple[type[CircuitOpenError], tuple[str, CircuitState, float, bool]]:
-        # The default reduction would call cls(message), which does not match
-        # our signature; without this the error can't cross process borders.
-        return type(self), (self.name, self.state, self.retry_after, self.forced)
-
-
-def _require_int(field: str, value: object, minimum: int) -> None:
-    # bool is an int subclass, but `failure_threshold=True` is a bug, not a 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"BreakerConfig.{field} must be an int >= {minimum}, got {value!r}"
-        raise ValueError(msg)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """
-    Configuration of a `CircuitBreaker`. Immutable; validated on creation.
-
-    Args:
-        failure_threshold: Consecutive failures that open a closed breaker.
-        recovery_timeout: Seconds a breaker stays OPEN before the next call
-            may probe.
-        half_open_max_calls: Probes allowed in flight at once in HALF_OPEN.
-        success_threshold: Consecutive probe successes that close it.
-        failure_rate_threshold: Optional second rule: open when the failure
-            rate over the sliding window is ``>=`` this (``0 < x <= 1``).
-        window_size: Calls in the count-based sliding window.
-        minimum_calls: The rate is not evaluated before the window holds this
-            many calls (``<= window_size``; otherwise it would never be).
-        slow_call_duration: Optional: a successful call that took longer than
-            this many seconds counts as a failure.
-        probe_delay: Seconds from opening to the first background probe (the
-            interval then doubles after each probe, up to ``recovery_timeout``);
-            ``0`` turns the probing off. The breaker only holds the setting:
-            whoever owns the I/O runs the probes (see `probe_policy`).
-
-    Raises:
-        ValueError: naming the offending field and value.
-    """
-
-    failure_threshold: int = 5
-    recovery_timeout: float = 60.0
-    half_open_max_calls: int = 1
-    success_threshold: int = 1
-    failure_rate_threshold: float | None = None
-    window_size: int = 100
-    minimum_calls: int = 20
-    slow_call_duration: float | None = None
-    probe_delay: float = 1.0
-
-    def __post_init__(self) -> None:
-        _require_int("failure_threshold", self.failure_threshold, 1)
-        _require_int("half_open_max_calls", self.half_open_max_calls, 1)
-        _require_int("success_threshold", self.success_threshold, 1)
-        _require_int("window_size", self.window_size, 1)
-        _require_int("minimum_calls", self.minimum_calls, 1)
-        if self.minimum_calls > self.window_size:
-            msg = (
-                f"BreakerConfig.minimum_calls must be <= window_size "
-                f"({self.window_size}), got {self.minimum_calls!r}"
-            )
-            raise ValueError(msg)
-        if not _is_real(self.recovery_timeout) or self.recovery_timeout <= 0:
-            msg = (
-                "BreakerConfig.recovery_timeout must be a finite number > 0, "
-                f"got {self.recovery_timeout!r}"
-            )
-            raise ValueError(msg)
-        rate = self.failure_rate_threshold
-        if rate is not None and not (_is_real(rate) and 0 < rate <= 1):
-            msg = f"BreakerConfig.failure_rate_threshold must be None or in (0, 1], got {rate!r}"
-            raise ValueError(msg)
-        slow = self.slow_call_duration
-        if slow is not None and not (_is_real(slow) and slow > 0):
-            msg = (
-                "BreakerConfig.slow_call_duration must be None or a finite number > 0, "
-                f"got {slow!r}"
-            )
-            raise ValueError(msg)
-        if not _is_real(self.probe_delay) or self.probe_delay < 0:
-            msg = (
-                f"BreakerConfig.probe_delay must be a finite number >= 0, got {self.probe_delay!r}"
-            )
-            raise ValueError(msg)
-
-    @property
-    def probe_policy(self) -> ProbePolicy:
-        """When to probe the backend while OPEN: from `probe_delay` up to the recovery timeout."""
-        return ProbePolicy(first_delay=self.probe_delay, max_delay=self.recovery_timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """
-    Permission to run one guarded call; hand it back to
-    `CircuitBreaker.record` exactly once.
-
-    Attributes:
-        generation: The breaker's generation when the permit was granted. It
-            is bumped on every state change and every operator action. An
-            outcome recorded with an older generation is counted in the
-            totals but does not drive the state machine: a slow call started
-            while CLOSED that fails after the breaker already went
-            OPEN -> HALF_OPEN must not reopen it.
-        probe: True when granted in HALF_OPEN; it holds one of the probe
-            slots until recorded.
-    """
-
-    generation: int
-    probe: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +114,6 @@ class BreakerSnapshot:
     forced: bool
 
 
-StateListener: TypeAlias = Callable[[CircuitState, CircuitState], None]
-"""Called with ``(old, new)`` once per state change, outside the breaker's lock."""
-
 # Frozen, so every breaker built without a config can share one instance.
 _DEFAULT_CONFIG = BreakerConfig()
 
@@ -316,28 +136,19 @@ class CircuitBreaker:
     __slots__ = (
         # Metrics registries may hold breakers weakly.
         "__weakref__",
+        "_announcer",
         "_clock",
         "_config",
         "_consecutive_failures",
-        "_dispatching",
         "_failures_total",
-        "_forced",
         "_generation",
-        "_listeners",
         "_lock",
         "_name",
-        "_opened_at",
         "_opened_total",
-        "_pending",
-        "_permit",
-        "_probe_successes",
-        "_probes_in_flight",
         "_rejected_total",
         "_state",
         "_successes_total",
         "_transitions_total",
-        "_window",
-        "_window_failures",
     )
 
     def __init__(
@@ -351,22 +162,13 @@ class CircuitBreaker:
         self._config = config
         self._clock = clock
         self._lock = threading.Lock()
+        self._announcer = TransitionAnnouncer(name)
 
-        self._state = CircuitState.CLOSED
-        self._forced = False
         self._generation = 0
-        # Permits are immutable and identical within a generation, so we hand
-        # out one shared instance instead of allocating on the hot path.
-        self._permit = Permit(generation=0, probe=False)
-        self._opened_at = 0.0
+        self._state: BreakerState = ClosedState(0, config, clock())
+        # Failures in a row outlive a state: the snapshot shows them while OPEN,
+        # and a forced-closed breaker keeps counting them.
         self._consecutive_failures = 0
-        self._probes_in_flight = 0
-        self._probe_successes = 0
-        # Count-based sliding window of "was it a failure?", only fed when
-        # the rate rule is enabled. The failure count is kept incrementally so
-        # that evaluating the rate is O(1).
-        self._window: deque[bool] = deque(maxlen=config.window_size)
-        self._window_failures = 0
 
         self._opened_total = 0
         self._transitions_total = 0
@@ -374,23 +176,14 @@ class CircuitBreaker:
         self._successes_total = 0
         self._failures_total = 0
 
-        # Copy-on-write tuple: a transition captures the listeners registered
-        # at that moment without copying.
-        self._listeners: tuple[StateListener, ...] = ()
-        # Transitions waiting to be announced, and whether some thread is
-        # currently announcing them; see _dispatch().
-        self._pending: deque[tuple[CircuitState, CircuitState, tuple[StateListener, ...]]] = deque()
-        self._dispatching = False
-
     def __repr__(self) -> str:
         # No lazy OPEN -> HALF_OPEN here: a repr (e.g. in a debugger) must not
         # fire listeners. It shows the stored state.
         with self._lock:
             state = self._state
-            forced = self._forced
         return (
-            f"CircuitBreaker(name={self._name!r}, state={state.value!r}, "
-            f"{'forced=True, ' if forced else ''}config={self._config!r})"
+            f"CircuitBreaker(name={self._name!r}, state={state.circuit.value!r}, "
+            f"{'forced=True, ' if state.forced else ''}config={self._config!r})"
         )
 
     @property
@@ -414,10 +207,10 @@ class CircuitBreaker:
         """
         with self._lock:
             notify = self._refresh_locked(self._clock())
-            state = self._state
+            circuit = self._state.circuit
         if notify:
-            self._dispatch()
-        return state
+            self._announcer.announce()
+        return circuit
 
     def acquire(self) -> Permit:
         """
@@ -431,28 +224,18 @@ class CircuitBreaker:
                 elapsed, or forced), or HALF_OPEN with all probe slots taken.
         """
         retry_after = 0.0
-        forced = False
         with self._lock:
             now = self._clock()
             notify = self._refresh_locked(now)
             state = self._state
-            if state is CircuitState.CLOSED:
-                permit: Permit | None = self._permit
-            elif (
-                state is CircuitState.HALF_OPEN
-                and self._probes_in_flight < self._config.half_open_max_calls
-            ):
-                self._probes_in_flight += 1
-                permit = self._permit
-            else:
+            permit = state.admit()
+            if permit is None:
                 self._rejected_total += 1
-                permit = None
-                retry_after = self._retry_after_locked(now)
-                forced = self._forced
+                retry_after = state.retry_after(now)
         if notify:
-            self._dispatch()
+            self._announcer.announce()
         if permit is None:
-            raise CircuitOpenError(self._name, state, retry_after, forced)
+            raise CircuitOpenError(self._name, state.circuit, retry_after, state.forced)
         return permit
 
     def record(self, permit: Permit, outcome: Outcome, elapsed: float | None = None) -> None:
@@ -484,9 +267,14 @@ class CircuitBreaker:
             # state machine has already moved on from.
             if permit.generation != self._generation:
                 return
-            notify = self._apply_locked(permit, outcome, failed)
+            if outcome is not Outcome.IGNORED:
+                self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
+            move = self._state.settle(outcome, failed, self._consecutive_failures)
+            if move is None:
+                return
+            notify = self._enter_locked(move, self._clock())
         if notify:
-            self._dispatch()
+            self._announcer.announce()
 
     def retry_after(self) -> float:
         """
@@ -497,9 +285,9 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             notify = self._refresh_locked(now)
-            retry_after = self._retry_after_locked(now)
+            retry_after = self._state.retry_after(now)
         if notify:
-            self._dispatch()
+            self._announcer.announce()
         return retry_after
 
     def snapshot(self) -> BreakerSnapshot:
@@ -511,19 +299,20 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             notify = self._refresh_locked(now)
+            state = self._state
             snap = BreakerSnapshot(
-                state=self._state,
+                state=state.circuit,
                 consecutive_failures=self._consecutive_failures,
-                retry_after=self._retry_after_locked(now),
+                retry_after=state.retry_after(now),
                 opened_total=self._opened_total,
                 transitions_total=self._transitions_total,
                 rejected_total=self._rejected_total,
                 successes_total=self._successes_total,
                 failures_total=self._failures_total,
-                forced=self._forced,
+                forced=state.forced,
             )
         if notify:
-            self._dispatch()
+            self._announcer.announce()
         return snap
 
     def add_listener(self, listener: StateListener) -> None:
@@ -536,8 +325,7 @@ class CircuitBreaker:
         thread is already announcing, slightly after the triggering call
         returned. Registering the same listener twice calls it twice.
         """
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
+        self._announcer.add(listener)
 
     def remove_listener(self, listener: StateListener) -> None:
         """
@@ -546,20 +334,13 @@ class CircuitBreaker:
         Raises:
             ValueError: if *listener* isn't registered (like `list.remove`).
         """
-        with self._lock:
-            listeners = list(self._listeners)
-            try:
-                listeners.remove(listener)
-            except ValueError:
-                msg = f"{listener!r} is not a registered listener of {self._name!r}"
-                raise ValueError(msg) from None
-            self._listeners = tuple(listeners)
+        self._announcer.remove(listener)
 
     @property
     def waiting(self) -> bool:
         """True while OPEN and not forced: a probe that succeeds would move it on."""
         with self._lock:
-            return self._state is CircuitState.OPEN and not self._forced
+            return self._state.waiting
 
     def probe_succeeded(self) -> bool:
         """
@@ -572,11 +353,11 @@ class CircuitBreaker:
             Whether the breaker moved to HALF_OPEN.
         """
         with self._lock:
-            if self._state is not CircuitState.OPEN or self._forced:
+            if not self._state.waiting:
                 return False
-            notify = self._enter_locked(CircuitState.HALF_OPEN, self._clock())
+            notify = self._enter_locked(HalfOpenState, self._clock())
         if notify:
-            self._dispatch()
+            self._announcer.announce()
         return True
 
     def force_open(self) -> None:
@@ -584,11 +365,7 @@ class CircuitBreaker:
         Operator control: go OPEN and stay there -- `acquire` always rejects
         -- until `force_closed` or `reset`.
         """
-        with self._lock:
-            self._forced = True
-            notify = self._enter_locked(CircuitState.OPEN, self._clock())
-        if notify:
-            self._dispatch()
+        self._operator_move(ForcedOpenState)
 
     def force_closed(self) -> None:
         """
@@ -596,11 +373,7 @@ class CircuitBreaker:
         are still counted (totals and consecutive failures) but never open
         the breaker.
         """
-        with self._lock:
-            self._forced = True
-            notify = self._enter_locked(CircuitState.CLOSED, self._clock())
-        if notify:
-            self._dispatch()
+        self._operator_move(ForcedClosedState)
 
     def reset(self) -> None:
         """
@@ -608,149 +381,39 @@ class CircuitBreaker:
         failures and the sliding window cleared. Totals are kept (they are
         monotonic metrics). Outcomes of calls in flight become stale.
         """
-        with self._lock:
-            self._forced = False
-            notify = self._enter_locked(CircuitState.CLOSED, self._clock())
-        if notify:
-            self._dispatch()
+        self._operator_move(ClosedState)
 
     # -- Internals. Methods suffixed _locked require self._lock to be held. --
 
-    def _retry_after_locked(self, now: float) -> float:
-        if self._state is not CircuitState.OPEN:
-            return 0.0
-        timeout = self._config.recovery_timeout
-        if self._forced:
-            return timeout
-        # Clamped so that a misbehaving (non-monotonic) clock can't produce
-        # nonsense like negative waits or waits beyond the timeout.
-        return min(timeout, max(0.0, self._opened_at + timeout - now))
+    def _operator_move(self, kind: type[BreakerState]) -> None:
+        with self._lock:
+            notify = self._enter_locked(kind, self._clock())
+        if notify:
+            self._announcer.announce()
 
     def _refresh_locked(self, now: float) -> bool:
-        """Perform a due OPEN -> HALF_OPEN move. Returns whether to dispatch."""
-        if (
-            self._state is CircuitState.OPEN
-            and not self._forced
-            # The same sum as _retry_after_locked: with floats, `now - opened >= t`
-            # and `opened + t - now <= 0` can disagree, and then an OPEN breaker
-            # would report no wait left while refusing to half-open.
-            and now >= self._opened_at + self._config.recovery_timeout
-        ):
-            return self._enter_locked(CircuitState.HALF_OPEN, now)
+        """Perform a due OPEN -> HALF_OPEN move. Returns whether to announce."""
+        if now >= self._state.half_open_at:
+            return self._enter_locked(HalfOpenState, now)
         return False
 
-    def _enter_locked(self, new: CircuitState, now: float) -> bool:
+    def _enter_locked(self, kind: type[BreakerState], now: float) -> bool:
         """
-        Start a new generation in state *new* (which may be the current state,
-        for operator actions). Returns whether a notification was queued.
+        Start a new generation in a fresh state of *kind* (which may report the
+        current state, for operator actions). Returns whether a transition was
+        queued for the listeners.
         """
-        old = self._state
+        old = self._state.circuit
         self._generation += 1
-        self._permit = Permit(self._generation, probe=new is CircuitState.HALF_OPEN)
-        # Probes of the previous generation are stale; their slots go with it.
-        self._probes_in_flight = 0
-        self._probe_successes = 0
-        self._window.clear()
-        self._window_failures = 0
-        if new is CircuitState.OPEN:
-            self._opened_at = now
-        elif new is CircuitState.CLOSED:
+        # The old state object, and with it its probe slots, window and
+        # permits, is dropped: outcomes of its calls are stale from now on.
+        self._state = kind(self._generation, self._config, now)
+        new = self._state.circuit
+        if new is CircuitState.CLOSED:
             self._consecutive_failures = 0
-
         if new is old:
             return False
-        self._state = new
         self._transitions_total += 1
         if new is CircuitState.OPEN:
             self._opened_total += 1
-        if not self._listeners:
-            return False
-        self._pending.append((old, new, self._listeners))
-        return True
-
-    def _apply_locked(self, permit: Permit, outcome: Outcome, failed: bool) -> bool:
-        """
-        Feed a current-generation outcome to the state machine. Returns
-        whether to dispatch.
-        """
-        state = self._state
-        if state is CircuitState.HALF_OPEN and permit.probe:
-            # max(): a permit recorded twice must not free someone else's slot.
-            self._probes_in_flight = max(0, self._probes_in_flight - 1)
-        if outcome is Outcome.IGNORED:
-            return False
-        if failed:
-            self._consecutive_failures += 1
-        else:
-            self._consecutive_failures = 0
-
-        if self._forced:
-            # Forced closed: observe, never act. (Forced open hands out no
-            # permits of its generation, so we don't get here for it.)
-            return False
-
-        if state is CircuitState.HALF_OPEN:
-            if failed:
-                # One failed probe is enough evidence: back off for a whole
-                # fresh recovery timeout.
-                return self._enter_locked(CircuitState.OPEN, self._clock())
-            self._probe_successes += 1
-            if self._probe_successes >= self._config.success_threshold:
-                return self._enter_locked(CircuitState.CLOSED, self._clock())
-            return False
-
-        if state is CircuitState.CLOSED:
-            if self._consecutive_failures >= self._config.failure_threshold:
-                return self._enter_locked(CircuitState.OPEN, self._clock())
-            rate = self._config.failure_rate_threshold
-            if rate is not None:
-                window = self._window
-                if len(window) == window.maxlen and window[0]:
-                    # The append below evicts this failure.
-                    self._window_failures -= 1
-                window.append(failed)
-                self._window_failures += failed
-                # The rate is re-evaluated after successes too: reaching
-                # minimum_calls with a success can still reveal a high rate.
-                calls = len(window)
-                if calls >= self._config.minimum_calls and self._window_failures >= rate * calls:
-                    return self._enter_locked(CircuitState.OPEN, self._clock())
-        return False
-
-    def _dispatch(self) -> None:
-        """
-        Announce queued transitions to their listeners, outside the lock.
-
-        Only one thread announces at a time and it drains the queue in order,
-        so listeners see transitions in the order they happened even when
-        several threads trigger them concurrently. A listener that calls back
-        into the breaker (even one that causes another transition) merely
-        queues more work for the loop below instead of deadlocking or
-        reordering.
-        """
-        with self._lock:
-            if self._dispatching:
-                return
-            self._dispatching = True
-        try:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        self._dispatching = False
-                        return
-                    old, new, listeners = self._pending.popleft()
-                for listener in listeners:
-                    # A broken metrics hook must not take the breaker -- and
-                    # with it every Redis call -- down, nor starve the
-                    # listeners after it. The pure core does no logging, so
-                    # the error is swallowed: a listener that wants its errors
-                    # reported has to catch and report them itself.
-                    with contextlib.suppress(Exception):
-                        listener(old, new)
-        except BaseException:
-            # KeyboardInterrupt & co. propagate, but must not leave the flag
-            # set: that would silence all future notifications. Whatever is
-            # still queued goes out with the next transition.
-            with self._lock:
-                self._dispatching = False
-            raise
+        return self._announcer.queue(old, new)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from cachegate.core._breaker import BreakerConfig
+from cachegate.core._breaker_config import BreakerConfig
 
 __all__ = [
     "BACKEND_HINTS",

@@ -7,13 +7,14 @@
         pipe = client.pipeline()
         ...
 
-Exceptions are drawn in `cachegate.pool._errors`.
+Every exception here is a `CacheError` (the server side's one root, re-exported from
+`cachegate.core`); the unavailable ones are also the builtin ConnectionError. The tree
+is drawn in `cachegate.core._errors`.
 """
 
-from cachegate.core import CircuitOpenError
+from cachegate.core import CacheError, CircuitOpenError
 from cachegate.pool._bounded import PartialRead, TooLarge
 from cachegate.pool._errors import (
-    CacheError,
     CommandError,
     PoolExhaustedError,
     RedisOutOfMemoryError,

@@ -1,18 +1,8 @@
 """The pool's exceptions, and the one place that maps redis-py's errors onto them.
 
-    Exception
-     ├── ConnectionError (builtin)       ← the seed's `except ConnectionError` catches all of these
-     │    ├── CircuitOpenError            breaker open: Redis was not touched (cachegate.core)
-     │    ├── RedisUnavailableError       refused, reset, or no reply, after retries
-     │    │    └── RedisTimeoutError      no reply in time (also a builtin TimeoutError)
-     │    └── PoolExhaustedError          no connection free within the wait timeout
-     └── CacheError                       base of everything the pool raises but CircuitOpenError
-          ├── RedisUnavailableError, RedisTimeoutError, PoolExhaustedError (above)
-          └── CommandError                Redis answered with an error (WRONGTYPE, bad argument)
-               └── RedisOutOfMemoryError  Redis is at maxmemory and refuses writes (OOM)
-
-RedisUnavailableError and RedisTimeoutError also subclass redis-py's ConnectionError
-and TimeoutError, so code written against redis-py keeps catching them.
+They hang under the server side's one root, `cachegate.core.CacheError`; the whole
+tree, with the bases each class keeps for the guide's ``except ConnectionError`` and
+for code written against redis-py, is drawn in `cachegate.core._errors`.
 """
 
 from __future__ import annotations
@@ -22,8 +12,9 @@ from enum import Enum
 
 import redis.exceptions as rex
 
+from cachegate.core import CacheError
+
 __all__ = [
-    "CacheError",
     "CommandError",
     "ErrorKind",
     "PoolExhaustedError",
@@ -32,10 +23,6 @@ __all__ = [
     "RedisUnavailableError",
     "classify",
 ]
-
-
-class CacheError(Exception):
-    """Base class of the pool's errors."""
 
 
 class RedisUnavailableError(CacheError, rex.ConnectionError, builtins.ConnectionError):

@@ -13,14 +13,17 @@ from cachegate.v1 import admin_pb2 as admin_pb
 from cachegate.v1 import admin_pb2_grpc as admin_grpc
 from cachegate.v1 import cache_pb2 as pb
 
-__all__ = ["REACH_TIMEOUT", "AdminServicer", "breaker_stats"]
+__all__ = ["CIRCUIT_STATE_TO_PROTO", "REACH_TIMEOUT", "AdminServicer", "breaker_stats"]
 
 log = logging.getLogger("cachegate.admin")
 
 REACH_TIMEOUT = 5.0
 """Seconds an admin RPC waits for every live worker to apply its command (or its deadline)."""
 
-CIRCUIT_STATES = {
+# The server's one map from the breaker's states to the wire's (the client's way back is
+# cachegate.client._compat.CIRCUIT_STATE_FROM_PROTO; tests/unit/test_circuit_states.py
+# checks that the two agree and cover every state).
+CIRCUIT_STATE_TO_PROTO: dict[CircuitState, pb.CircuitState] = {
     CircuitState.CLOSED: pb.CIRCUIT_STATE_CLOSED,
     CircuitState.OPEN: pb.CIRCUIT_STATE_OPEN,
     CircuitState.HALF_OPEN: pb.CIRCUIT_STATE_HALF_OPEN,
@@ -29,7 +32,7 @@ CIRCUIT_STATES = {
 
 def breaker_stats(snapshot: BreakerSnapshot) -> pb.BreakerStats:
     return pb.BreakerStats(
-        state=CIRCUIT_STATES[snapshot.state],
+        state=CIRCUIT_STATE_TO_PROTO[snapshot.state],
         consecutive_failures=snapshot.consecutive_failures,
         retry_after_seconds=snapshot.retry_after,
         opened_total=snapshot.opened_total,

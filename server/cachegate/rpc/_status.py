@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cachegate.core import CircuitOpenError
+from cachegate.core import CacheError, CircuitOpenError
 from cachegate.pool import (
     CommandError,
     PoolExhaustedError,
@@ -55,7 +55,7 @@ class FieldViolation:
     description: str
 
 
-class InvalidArgumentError(ValueError):
+class InvalidArgumentError(CacheError, ValueError):
     """A request field breaks a rule (limits, TTL). Carries BadRequest field violations."""
 
     def __init__(self, field: str, description: str) -> None:
@@ -63,11 +63,11 @@ class InvalidArgumentError(ValueError):
         self.violation = FieldViolation(field, description)
 
 
-class TooBusyError(Exception):
+class TooBusyError(CacheError):
     """The server's own limit (streams in flight) is reached."""
 
 
-class ShuttingDownError(Exception):
+class ShuttingDownError(CacheError):
     """The server is stopping (SIGTERM): a call that arrives now is refused, retryably."""
 
     def __init__(self) -> None:
