@@ -428,7 +428,9 @@ def test_the_code_counted_is_the_code_the_caller_sees(start_metered: StartMetere
     # An undecodable request (the servicer answers it), and a stream ended from another
     # thread (the idle watchdog, through end_call: the send watch takes the same way).
     server = start_metered({"CACHEGATE_STREAM_IDLE_SECONDS": "0.3"})
-    raw_get = server.channel.unary_unary(f"/{SERVICE}/Get")
+    raw_get = server.channel.unary_unary(
+        f"/{SERVICE}/Get", request_serializer=None, response_deserializer=None
+    )
     with pytest.raises(grpc.RpcError) as bad:
         raw_get(b"\xff\xff\xff", timeout=5)
     assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -438,7 +440,7 @@ def test_the_code_counted_is_the_code_the_caller_sees(start_metered: StartMetere
         done.wait(10)
         yield from ()
 
-    replies = server.stub.Pipeline(silent(), timeout=10)
+    replies = iter(server.stub.Pipeline(silent(), timeout=10))
     with pytest.raises(grpc.RpcError) as idle:
         next(replies)
     done.set()
