@@ -19,14 +19,15 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachegate.core import load_config
 from cachegate.rpc import PrometheusObserver
 from cachegate.runtime import HttpListenError, Service, build_service
+from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
 from cachegate.v1 import cache_pb2 as pb
-from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess, free_port, start_standalone
 
 SERVER = str(Path(sys.executable).parent / "cachegate-server")
@@ -355,10 +356,105 @@ def test_each_server_has_its_own_registry(start_metered: StartMetered) -> None:
 def test_observer_binds_a_method_it_did_not_know() -> None:
     registry = CollectorRegistry()
     observer = PrometheusObserver(registry)
-    observer.started("Future")
-    observer.handled("Future", grpc.StatusCode.OK, 0.001)
+    observer.started(f"/{SERVICE}/Future")
+    observer.handled(f"/{SERVICE}/Future", grpc.StatusCode.OK, 0.001)
     labels = {"grpc_method": "Future", "grpc_type": "unary", "grpc_service": SERVICE}
     assert registry.get_sample_value("grpc_server_started_total", {**labels, "worker": "0"}) == 1
+
+
+# --- every service, through the observing interceptor ----------------------------------
+
+HEALTH = "grpc.health.v1.Health"
+ADMIN = "cachegate.v1.AdminService"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+CLIENT_TOKEN = "client-token-0123456789abcd"
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_health_and_admin_rpcs_and_refusals_are_counted(
+    start_metered: StartMetered, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN_TOKEN} ops admin\n{CLIENT_TOKEN} app client\n")
+    server = start_metered({"CACHEGATE_TOKENS_FILE": str(tokens)})
+    before = server.scrape()
+    for service, method, kind in (
+        (HEALTH, "Check", "unary"),
+        (HEALTH, "Watch", "server_stream"),
+        (ADMIN, "ResetBreaker", "unary"),
+    ):  # every served method's series exist from the start, with the contract's type
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_type": kind}
+        assert value(before, "grpc_server_handled_total", grpc_code="OK", **labels) == 0
+    health = health_pb2_grpc.HealthStub(server.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == 1  # SERVING
+    with pytest.raises(grpc.RpcError) as unknown:  # grpc_health sets the code, returns
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel)
+    admin.ResetBreaker(admin_pb2.ResetBreakerRequest(), metadata=bearer(ADMIN_TOKEN))
+    with pytest.raises(grpc.RpcError) as denied:
+        admin.ResetBreaker(admin_pb2.ResetBreakerRequest(), metadata=bearer(CLIENT_TOKEN))
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as anonymous:  # refused by auth: counted all the same
+        server.stub.Get(pb.GetRequest(key="k"))
+    assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as streaming:
+        list(server.stub.Pipeline(iter([pb.PipelineRequest()])))
+    assert streaming.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert server.stub.Get(pb.GetRequest(key="k"), metadata=bearer(CLIENT_TOKEN)).found is False
+
+    samples = server.scrape()
+
+    def handled(service: str, method: str, code: str) -> float:
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_code": code}
+        return value(samples, "grpc_server_handled_total", **labels)
+
+    assert handled(HEALTH, "Check", "OK") == 1
+    assert handled(HEALTH, "Check", "NOT_FOUND") == 1
+    assert handled(ADMIN, "ResetBreaker", "OK") == 1
+    assert handled(ADMIN, "ResetBreaker", "PERMISSION_DENIED") == 1
+    assert handled(SERVICE, "Get", "UNAUTHENTICATED") == 1
+    assert handled(SERVICE, "Get", "OK") == 1
+    assert handled(SERVICE, "Pipeline", "UNAUTHENTICATED") == 1
+    started = {"grpc_service": ADMIN, "grpc_method": "ResetBreaker", "grpc_type": "unary"}
+    assert value(samples, "grpc_server_started_total", **started) == 2
+    assert value(samples, "grpc_server_handling_seconds_count", **started) == 2
+
+
+def test_the_code_counted_is_the_code_the_caller_sees(start_metered: StartMetered) -> None:
+    # An undecodable request (the servicer answers it), and a stream ended from another
+    # thread (the idle watchdog, through end_call: the send watch takes the same way).
+    server = start_metered({"CACHEGATE_STREAM_IDLE_SECONDS": "0.3"})
+    raw_get = server.channel.unary_unary(
+        f"/{SERVICE}/Get", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.RpcError) as bad:
+        raw_get(b"\xff\xff\xff", timeout=5)
+    assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    done = threading.Event()
+
+    def silent() -> Iterator[pb.PipelineRequest]:  # sends nothing, for a bounded while
+        done.wait(10)
+        yield from ()
+
+    replies = iter(server.stub.Pipeline(silent(), timeout=10))
+    with pytest.raises(grpc.RpcError) as idle:
+        next(replies)
+    done.set()
+    assert idle.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def handled(method: str, code: str) -> float:
+        return value(
+            server.scrape(), "grpc_server_handled_total", grpc_method=method, grpc_code=code
+        )
+
+    assert handled("Get", "INVALID_ARGUMENT") == 1
+    wait_for(lambda: handled("Pipeline", "RESOURCE_EXHAUSTED") == 1, 5, "the stream's end")
+    assert handled("Pipeline", "CANCELLED") == 0
+    assert handled("Pipeline", "UNKNOWN") == 0
 
 
 # --- secrets ---------------------------------------------------------------------------

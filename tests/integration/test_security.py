@@ -15,6 +15,7 @@ from cachegate.client import CacheClient, CacheUnavailableError, Get, RedisCache
 from cachegate.core import Outcome, load_config
 from cachegate.pool import CommandError, RedisConnectionPool
 from cachegate.rpc import CacheServer, ServerStartError
+from cachegate.rpc._auth import Identity, TokenTable
 from cachegate.runtime import build_service
 from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
 from cachegate.v1 import cache_pb2 as pb
@@ -328,6 +329,44 @@ def test_tenants_cannot_see_each_others_keys(
     assert alice.stats().tenant.name == "alice"
     assert bob.stats().tenant.hits_total == 0
     assert alice.stats().tenant.hits_total == 3
+
+
+def test_the_token_is_looked_up_once_per_call(
+    serve: Callable[[dict[str, str]], CacheServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The interceptor resolves the identity and hands it on with the call: the servicer
+    # never looks the token up again (each lookup hashes it and compares every entry).
+    looked_up: list[str | None] = []
+    real_lookup = TokenTable.lookup
+
+    def counting_lookup(table: TokenTable, token: str | None) -> Identity | None:
+        looked_up.append(token)
+        return real_lookup(table, token)
+
+    monkeypatch.setattr(TokenTable, "lookup", counting_lookup)
+    server = serve({"CACHEGATE_TOKENS_FILE": str(tokens_file(tmp_path))})
+    alice = client(server, ALICE_TOKEN)
+    alice.set_ex("k", b"v", 60)
+    assert alice.get("k") == b"v"
+    assert alice.delete("k") is True
+    assert [r.outcome for r in alice.pipeline([Get("k"), SetEx("k", b"w", 60)])] == [
+        "not_found",
+        "ok",
+    ]
+    assert alice.stats().tenant.name == "alice"
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    admin_pb2_grpc.AdminServiceStub(channel).ResetBreaker(
+        admin_pb2.ResetBreakerRequest(), metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    )
+    assert looked_up == [ALICE_TOKEN] * 5 + [ADMIN_TOKEN]  # one per call, streams included
+    assert client(server, None).health() == "SERVING"  # open: no lookup at all
+    with pytest.raises(grpc.RpcError) as refused:
+        cache_pb2_grpc.CacheServiceStub(channel).Get(pb.GetRequest(key="k"))
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert looked_up == [ALICE_TOKEN] * 5 + [ADMIN_TOKEN, None]
+    channel.close()
 
 
 def test_bad_tokens_file_stops_startup(tmp_path: Path) -> None:

@@ -378,4 +378,5 @@ def test_a_stream_cut_by_the_drain_ends_unavailable_for_the_caller_and_the_metri
     server.stop(grace=0)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
     assert "shutting down" in str(caught.value.details())
-    assert ("Pipeline", grpc.StatusCode.UNAVAILABLE) in handled, handled
+    pipeline = "/cachegate.v1.CacheService/Pipeline"
+    assert (pipeline, grpc.StatusCode.UNAVAILABLE) in handled, handled

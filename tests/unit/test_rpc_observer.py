@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from cachegate.rpc._metrics import HANDLING_BUCKETS, PrometheusObserver
 
 LABELS = {"grpc_service": "cachegate.v1.CacheService", "grpc_type": "unary", "worker": "3"}
+GET, FUTURE = "/cachegate.v1.CacheService/Get", "/cachegate.v1.CacheService/Future"
 
 
 def make() -> tuple[PrometheusObserver, CollectorRegistry]:
@@ -35,7 +36,7 @@ def test_every_series_exists_at_zero_before_any_rpc() -> None:
 def test_buckets_count_values_up_to_and_including_their_bound() -> None:
     observer, registry = make()
     for seconds in (HANDLING_BUCKETS[0], 0.0003, 0.0005, 20.0):
-        observer.handled("Get", grpc.StatusCode.OK, seconds)
+        observer.handled(GET, grpc.StatusCode.OK, seconds)
 
     def bucket(le: str) -> float | None:
         return sample(registry, "grpc_server_handling_seconds_bucket", grpc_method="Get", le=le)
@@ -56,8 +57,8 @@ def test_no_increment_is_lost_across_threads() -> None:
 
     def work() -> None:
         for _ in range(5_000):
-            observer.started("Get")
-            observer.handled("Get", grpc.StatusCode.NOT_FOUND, 0.001)
+            observer.started(GET)
+            observer.handled(GET, grpc.StatusCode.NOT_FOUND, 0.001)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
@@ -73,8 +74,8 @@ def test_no_increment_is_lost_across_threads() -> None:
 
 def test_a_method_unknown_at_start_gets_its_series() -> None:
     observer, registry = make()
-    observer.started("Future")
-    observer.handled("Future", grpc.StatusCode.UNIMPLEMENTED, 0.002)
+    observer.started(FUTURE)
+    observer.handled(FUTURE, grpc.StatusCode.UNIMPLEMENTED, 0.002)
     assert sample(registry, "grpc_server_started_total", grpc_method="Future") == 1
     handled = sample(
         registry, "grpc_server_handled_total", grpc_method="Future", grpc_code="UNIMPLEMENTED"

@@ -1,20 +1,22 @@
 """The gRPC layer: cachegate.v1 served over a pool.
 
-What a call meets, in order: the auth interceptor (`_auth`: the caller's identity,
-resolved once), the request limits counted on the wire before parsing (`_wire`,
-`_decode`, `_limits`), the servicer (`_servicer`: Get, SetEx, Delete, Pipeline,
-Stats, with its fast path `_fastpath`, fair streams `_streams`, the memory budget
-`_budget` and bounded replies `_replies`, `_sendwatch`), and the one mapping of
-errors to gRPC status codes (`_status`). Beside it: health (`_health`), reflection
-(`_reflection`), admin RPCs (`_admin`, `_commands`), TLS (`_tls`) and metrics
-(`_metrics`, `_observe`). `create_server` assembles it from parts it is given; the
-process runtime (`cachegate.runtime`) makes those parts and hosts it.
+What a call meets, in order: the observing interceptor (`_observe`: every call of
+every service reported to the metrics once), the auth interceptor (`_auth`: the
+caller's identity, resolved once and handed on with the call), the request limits
+counted on the wire before parsing (`_wire`, `_decode`, `_limits`), the servicer
+(`_servicer`: Get, SetEx, Delete, Pipeline, Stats, with its fast path `_fastpath`,
+fair streams `_streams`, the memory budget `_budget` and bounded replies `_replies`,
+`_sendwatch`), and the one mapping of errors to gRPC status codes (`_status`).
+Beside it: health (`_health`), reflection (`_reflection`), admin RPCs (`_admin`,
+`_commands`), TLS (`_tls`) and metrics (`_metrics`). `create_server` assembles it
+from parts it is given; the process runtime (`cachegate.runtime`) makes those parts
+and hosts it.
 """
 
 from cachegate.rpc._commands import BreakerCommands, Forced, LocalBreakerCommands, Reach
 from cachegate.rpc._health import SERVICE_NAME, HealthReporter
 from cachegate.rpc._metrics import PoolCollector, PrometheusObserver, ServerMetrics
-from cachegate.rpc._observe import NullObserver, RpcObserver
+from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
 from cachegate.rpc._server import (
     AddressInUseError,
     CacheServer,
@@ -22,6 +24,7 @@ from cachegate.rpc._server import (
     ServerStartError,
     create_server,
     load_security,
+    served_services,
 )
 from cachegate.rpc._servicer import CacheServicer
 
@@ -34,7 +37,7 @@ __all__ = [
     "Forced",
     "HealthReporter",
     "LocalBreakerCommands",
-    "NullObserver",
+    "ObservingInterceptor",
     "PoolCollector",
     "PrometheusObserver",
     "Reach",
@@ -44,4 +47,5 @@ __all__ = [
     "ServerStartError",
     "create_server",
     "load_security",
+    "served_services",
 ]

@@ -9,6 +9,14 @@ cannot name another's keys.
 Health and reflection stay open: Kubernetes' gRPC probes cannot send a token.
 Tokens are compared by their SHA-256 digests with `hmac.compare_digest` against
 every entry, so the time taken says nothing about how close a guess was.
+
+The identity is resolved once per call, here, and handed on with the call (as
+go-grpc-middleware's auth does): the interceptor sets it in a context variable that
+the servicer reads (`caller_identity`). grpc runs a call's interceptors and its
+handler in one `contextvars.Context` of the call's own (grpc/grpc#34291), so the
+value reaches the handler on its executor thread and goes with the call: no other
+call sees it, and nothing has to unset it. Without tokens there is no interceptor
+and no identity.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +34,14 @@ import grpc
 
 from cachegate.rpc._decode import handler_factory
 
-__all__ = ["ADMIN_PREFIX", "AuthInterceptor", "Identity", "TokenTable", "TokenTableError"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "AuthInterceptor",
+    "Identity",
+    "TokenTable",
+    "TokenTableError",
+    "caller_identity",
+]
 
 if TYPE_CHECKING:  # grpc-stubs make these generic; grpc itself does not
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -54,6 +70,15 @@ class Identity:
     @property
     def prefix(self) -> str:
         return f"{self.tenant}:"
+
+
+# The calling identity, set by AuthInterceptor in the call's own context.
+_CALLER: ContextVar[Identity | None] = ContextVar("cachegate_caller", default=None)
+
+
+def caller_identity() -> Identity | None:
+    """The identity AuthInterceptor resolved for the running call (None: none was)."""
+    return _CALLER.get()
 
 
 def _digest(token: str) -> bytes:
@@ -137,10 +162,15 @@ def _denied(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 
 
 class AuthInterceptor(_Interceptor):
-    """UNAUTHENTICATED without a known token; PERMISSION_DENIED for a client on admin RPCs."""
+    """UNAUTHENTICATED without a known token; PERMISSION_DENIED for a client on admin RPCs.
+
+    An admitted call gets its identity (`caller_identity`) and the handler grpc gave,
+    unchanged; a refused one a handler that only refuses, made once per method and code.
+    """
 
     def __init__(self, table: TokenTable) -> None:
         self._table = table
+        self._refusals: dict[tuple[str, grpc.StatusCode], tuple[Handler, Handler]] = {}
 
     def intercept_service(
         self,
@@ -156,13 +186,26 @@ class AuthInterceptor(_Interceptor):
         metadata = handler_call_details.invocation_metadata
         identity = self._table.identity(metadata)
         if identity is None:
-            return _denied(
+            return self._refusal(
+                method,
                 handler,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or unknown bearer token (send 'authorization: Bearer <token>')",
             )
         if method.startswith(ADMIN_PREFIX) and identity.role != "admin":
-            return _denied(
-                handler, grpc.StatusCode.PERMISSION_DENIED, "this RPC needs an admin token"
+            return self._refusal(
+                method, handler, grpc.StatusCode.PERMISSION_DENIED, "this RPC needs an admin token"
             )
+        _CALLER.set(identity)  # the call's own context: see the module docstring
         return handler
+
+    def _refusal(
+        self, method: str, handler: Handler, code: grpc.StatusCode, message: str
+    ) -> Handler:
+        """The refusing twin of `handler` (kept, so a refusal makes no new handler)."""
+        known = self._refusals.get((method, code))
+        if known is not None and known[0] is handler:
+            return known[1]
+        refusal = _denied(handler, code, message)
+        self._refusals[(method, code)] = (handler, refusal)
+        return refusal

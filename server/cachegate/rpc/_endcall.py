@@ -8,6 +8,10 @@ keeps the core call in the servicer context's private `_rpc_event.call`: it is
 looked up with care, and without it the call still ends (as CANCELLED, logged).
 tests/integration/test_fair_streams.py and tests/drills/test_13_slow_readers.py check
 the status a caller sees, so a grpcio upgrade that breaks this shows there.
+
+The code is also set on the context first (public API), the way `context.abort`
+leaves it: the observing interceptor (_observe.py) reads the code there when the
+handler unwinds, so the metrics count the code the caller sees.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ log = logging.getLogger("cachegate.service")
 def end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
     """End the call behind `context` with `code` and `details` for the caller."""
     call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    context.set_details(details)
+    context.set_code(code)
     try:
         call.cancel(_common.STATUS_CODE_TO_CYGRPC_STATUS_CODE[code], details)  # type: ignore[union-attr]
     except Exception:  # a grpcio without it, or a context that is not grpcio's
         log.warning("cannot end a call with a status; it ends CANCELLED", exc_info=True)
+        context.set_code(grpc.StatusCode.CANCELLED)
         context.cancel()

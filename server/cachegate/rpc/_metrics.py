@@ -3,8 +3,9 @@
 Two sources, two costs:
 
 - RPC metrics (go-grpc-prometheus names) are counted as RPCs happen, through the
-  `RpcObserver` hook the servicer calls twice per RPC: plain integers behind one
-  lock, made into metric families at scrape time.
+  `RpcObserver` hook the observing interceptor calls twice per RPC of every service
+  (see _observe.py): plain integers behind one lock, made into metric families at
+  scrape time.
 - Pool, breaker and call figures are NOT counted on the hot path: `PoolCollector`
   reads `pool.get_stats()` (no Redis call) when Prometheus scrapes.
 
@@ -27,6 +28,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,6 +46,7 @@ __all__ = [
     "BREAKER_STATE_VALUES",
     "GRPC_SERVICE",
     "HANDLING_BUCKETS",
+    "HEALTH_SERVICE",
     "TLS_RELOAD_RESULTS",
     "PoolCollector",
     "PrometheusObserver",
@@ -51,6 +55,7 @@ __all__ = [
 
 _SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
 GRPC_SERVICE: str = _SERVICE.full_name  # "cachegate.v1.CacheService"
+HEALTH_SERVICE: ServiceDescriptor = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 # cachegate_breaker_state's value per state (get_stats()["circuit_state"] strings).
 BREAKER_STATE_VALUES: dict[str, int] = {
@@ -88,10 +93,24 @@ def _grpc_type(client_streaming: bool, server_streaming: bool) -> str:
     return "unary"
 
 
-# method name -> grpc_type, straight from the contract.
-_METHOD_TYPES: dict[str, str] = {
-    m.name: _grpc_type(m.client_streaming, m.server_streaming) for m in _SERVICE.methods
-}
+def _method_labels(services: Iterable[ServiceDescriptor]) -> dict[str, tuple[str, str, str]]:
+    """Full method name ("/cachegate.v1.CacheService/Get") -> (grpc_type, grpc_service,
+    grpc_method), straight from the contracts."""
+    return {
+        f"/{service.full_name}/{m.name}": (
+            _grpc_type(m.client_streaming, m.server_streaming),
+            service.full_name,
+            m.name,
+        )
+        for service in services
+        for m in service.methods
+    }
+
+
+def _labels_of_unknown(method: str) -> tuple[str, str, str]:
+    """The labels of a method no served contract named: "/pkg.Service/Method", unary."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return "unary", service, name
 
 
 class PrometheusObserver:
@@ -106,27 +125,41 @@ class PrometheusObserver:
     the start at 0, as go-grpc-prometheus pre-initialises them, so rate() and
     absent() work before the first error.
 
+    Methods are full gRPC method names ("/cachegate.v1.CacheService/Get"). The
+    series of every method of `services` (the server's served services, see
+    `served_services`) exist from the start; a method of another service gets its
+    series when first seen.
+
     The hot path is plain integers behind one lock, made into metric families when
     Prometheus scrapes (a custom collector): prometheus-client's Counter.inc() and
     Histogram.observe() take a lock per value and walk the buckets in Python, ~4%
     of a unary call's instructions (docs/performance.md).
     """
 
-    __slots__ = ("_handled", "_handling", "_lock", "_started", "_worker")
+    __slots__ = ("_handled", "_handling", "_labels_of", "_lock", "_started", "_worker")
 
-    def __init__(self, registry: CollectorRegistry, *, worker: str = "0") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        worker: str = "0",
+        services: Iterable[ServiceDescriptor] = (_SERVICE, HEALTH_SERVICE),
+    ) -> None:
         self._worker = worker
         self._lock = threading.Lock()
+        self._labels_of = _method_labels(services)
         self._started: dict[str, int] = {}
         self._handled: dict[tuple[str, grpc.StatusCode], int] = {}
         # method -> [count per bucket (the last one is +Inf), sum of seconds]
         self._handling: dict[str, list[Any]] = {}
-        for method in _METHOD_TYPES:
+        for method in self._labels_of:
             self._bind(method)
         registry.register(self)
 
     def _bind(self, method: str) -> None:
         """Create `method`'s series at 0 (with the lock held, or before sharing)."""
+        if method not in self._labels_of:
+            self._labels_of[method] = _labels_of_unknown(method)
         self._started.setdefault(method, 0)
         for code in grpc.StatusCode:
             self._handled.setdefault((method, code), 0)
@@ -193,7 +226,7 @@ class PrometheusObserver:
         yield from (started_family, handled_family, handling_family)
 
     def _labels(self, method: str) -> list[str]:
-        return [_METHOD_TYPES.get(method, "unary"), GRPC_SERVICE, method, self._worker]
+        return [*self._labels_of[method], self._worker]
 
 
 class PoolCollector:
@@ -320,10 +353,17 @@ class PoolCollector:
 class ServerMetrics:
     """Everything one server process exports: its registry, observer and collectors."""
 
-    def __init__(self, pool: RedisConnectionPool, *, worker_id: int = 0, workers: int = 1) -> None:
+    def __init__(
+        self,
+        pool: RedisConnectionPool,
+        *,
+        worker_id: int = 0,
+        workers: int = 1,
+        services: Iterable[ServiceDescriptor] = (_SERVICE, HEALTH_SERVICE),
+    ) -> None:
         worker = str(worker_id)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.observer = PrometheusObserver(self.registry, worker=worker)
+        self.observer = PrometheusObserver(self.registry, worker=worker, services=services)
         self.registry.register(PoolCollector(pool, worker=worker, workers=workers))
         self._transitions = Counter(
             "cachegate_breaker_transitions_total",

@@ -17,6 +17,7 @@ serialized files:
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "DescriptorIndex",
     "ReflectionServicer",
     "enable_reflection",
+    "reflection_descriptors",
 ]
 
 # Written by scripts/gen_protos.py into the contract's package (client/cachegate/v1/).
@@ -81,6 +83,12 @@ def _v1_service() -> ServiceDescriptor:
 
 
 REFLECTION_SERVICES = (f"{_V1}.ServerReflection", f"{_V1ALPHA}.ServerReflection")
+
+
+@functools.cache
+def reflection_descriptors() -> tuple[ServiceDescriptor, ServiceDescriptor]:
+    """The two reflection services served: v1 and v1alpha (REFLECTION_SERVICES' order)."""
+    return _v1_service(), reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 
 def _symbols(file: descriptor_pb2.FileDescriptorProto) -> Iterator[str]:
@@ -219,7 +227,6 @@ def enable_reflection(services: Iterable[str], server: grpc.Server) -> None:
     reflection services."""
     index = DescriptorIndex.load()
     listed = (*services, *REFLECTION_SERVICES)
-    v1alpha = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
-    for service in (_v1_service(), v1alpha):
+    for service in reflection_descriptors():
         servicer = ReflectionServicer(index, listed, service)
         add_service(server, service, {"ServerReflectionInfo": servicer.ServerReflectionInfo})

@@ -28,8 +28,8 @@ from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
 from cachegate.rpc._commands import BreakerCommands
 from cachegate.rpc._decode import add_service
 from cachegate.rpc._health import HealthReporter
-from cachegate.rpc._observe import RpcObserver
-from cachegate.rpc._reflection import enable_reflection
+from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
+from cachegate.rpc._reflection import REFLECTION_SERVICES, enable_reflection, reflection_descriptors
 from cachegate.rpc._servicer import CacheServicer
 from cachegate.rpc._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.rpc._wire import request_limits
@@ -42,6 +42,7 @@ __all__ = [
     "ServerStartError",
     "create_server",
     "load_security",
+    "served_services",
 ]
 
 log = logging.getLogger("cachegate.server")
@@ -206,6 +207,25 @@ def http2_abuse_options(limits: LimitSettings) -> list[tuple[str, int]]:
     ]
 
 
+_CACHE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+_ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+
+
+def served_services(config: Config) -> list[ServiceDescriptor]:
+    """The services a server built for `config` serves (its metrics start from these).
+
+    Admin RPCs exist only where callers are authenticated (a tokens file), reflection
+    only when CACHEGATE_REFLECTION is on.
+    """
+    services = [_CACHE, _HEALTH]
+    if config.security.tokens_file:
+        services.append(_ADMIN)
+    if config.server.reflection:
+        services.extend(reflection_descriptors())
+    return services
+
+
 def _behaviors(servicer: object, service: ServiceDescriptor) -> dict[str, Callable[..., Any]]:
     """Each RPC of `service` bound to the servicer's method of the same name."""
     return {method.name: getattr(servicer, method.name) for method in service.methods}
@@ -238,6 +258,10 @@ def create_server(
     `breaker_commands` carries admin RPCs to every worker (worker mode, see
     rpc/_commands.py). The pool and the executor stay the caller's until this
     returns: on failure the caller closes them (the composition root does).
+
+    Interceptors, outermost first: the observer's (every call of every service,
+    refusals included, see _observe.py), then auth (with a tokens file), then
+    `interceptors`.
     """
     limits = config.limits
     security = config.security
@@ -246,6 +270,8 @@ def create_server(
     tokens, credentials = load_security(config, tls_listener=tls_listener)
     if tokens is not None:
         interceptors = (AuthInterceptor(tokens), *interceptors)
+    if observer is not None:  # outermost: it counts what auth refuses too
+        interceptors = (ObservingInterceptor(observer), *interceptors)
     options = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
@@ -268,34 +294,27 @@ def create_server(
         limits,
         worker_id=worker_id,
         workers=workers,
-        observer=observer,
         tokens=tokens,
         health=health.latest,
     )
-    cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
-    behaviors = _behaviors(servicer, cache_service)
-    add_service(  # the servicer answers undecodable requests itself (metrics see them)
+    behaviors = _behaviors(servicer, _CACHE)
+    add_service(  # the servicer answers undecodable requests itself, with its error mapping
         server,
-        cache_service,
+        _CACHE,
         behaviors,
         guarded=False,
         raw=frozenset({"Pipeline"}),
         limits=request_limits(limits),
     )
-    services = [
-        cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-    ]
-    if tokens is not None:  # admin RPCs exist only where callers are authenticated
-        admin_service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    services = served_services(config)
+    if _ADMIN in services:
         admin = AdminServicer(pool, breaker_commands)
-        add_service(server, admin_service, _behaviors(admin, admin_service))
-        services.append(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
+        add_service(server, _ADMIN, _behaviors(admin, _ADMIN))
     pool.add_state_listener(_log_transition)
-    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
-    add_service(server, health_service, _behaviors(health.servicer, health_service))
-    if config.server.reflection:
-        enable_reflection(services, server)  # v1 and v1alpha, with the .proto's comments
+    add_service(server, _HEALTH, _behaviors(health.servicer, _HEALTH))
+    if config.server.reflection:  # v1 and v1alpha, with the .proto's comments
+        listed = [s.full_name for s in services if s.full_name not in REFLECTION_SERVICES]
+        enable_reflection(listed, server)
     address = listen or config.server.listen
     failure: RuntimeError | None = None
     try:

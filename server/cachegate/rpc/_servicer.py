@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -15,14 +14,13 @@ from google.protobuf.message import DecodeError
 from cachegate.core import LimitSettings
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
 from cachegate.rpc._admin import breaker_stats
-from cachegate.rpc._auth import Identity, TokenTable
+from cachegate.rpc._auth import Identity, TokenTable, caller_identity
 from cachegate.rpc._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
 from cachegate.rpc._decode import Undecodable, undecodable_message
 from cachegate.rpc._endcall import end_call
 from cachegate.rpc._fastpath import get_only_keys
 from cachegate.rpc._health import HealthSample
 from cachegate.rpc._limits import check_key, check_ttl, check_value
-from cachegate.rpc._observe import NullObserver, RpcObserver
 from cachegate.rpc._replies import ReplyBudget, too_large_indexes
 from cachegate.rpc._sendwatch import SendWatch
 from cachegate.rpc._status import (
@@ -63,14 +61,12 @@ def _rejection(exc: BaseException, method: str) -> Rejection:
 def _unary(
     method: Callable[[CacheServicer, Req, grpc.ServicerContext], Resp],
 ) -> Callable[[CacheServicer, Req, grpc.ServicerContext], Resp]:
-    """Turn every exception of a unary method into its status, and report the RPC."""
+    """Turn every exception of a unary method into its status (the observing
+    interceptor reports the RPC, see _observe.py)."""
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: CacheServicer, request: Req, context: grpc.ServicerContext) -> Resp:
-        observer = self._observer
-        observer.started(name)
-        start = time.perf_counter()
         try:
             if self._draining:  # a plain attribute: the one check a call pays for it
                 raise ShuttingDownError
@@ -80,11 +76,8 @@ def _unary(
                 raise InvalidArgumentError(request.field, request.message())
             response = method(self, request, context)
         except Exception as exc:
-            rejection = _rejection(exc, name)
-            observer.handled(name, rejection.code, time.perf_counter() - start)
-            abort(context, rejection)
+            abort(context, _rejection(exc, name))
             raise AssertionError("abort() returned") from exc  # pragma: no cover
-        observer.handled(name, grpc.StatusCode.OK, time.perf_counter() - start)
         return response
 
     return wrapper
@@ -98,15 +91,14 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         *,
         worker_id: int = 0,
         workers: int = 1,
-        observer: RpcObserver | None = None,
         tokens: TokenTable | None = None,
         health: Callable[[], HealthSample] | None = None,
     ) -> None:
-        self._observer: RpcObserver = observer or NullObserver()
         # Stats' Redis figures: the health prober's latest (HealthReporter.latest),
         # never a Redis call of its own; without a reporter, a live check.
         self._health = health or (lambda: HealthSample(pool.health_check(), 0.0))
-        # With tokens, every key lives in its caller's tenant namespace (see _auth).
+        # With tokens, every key lives in its caller's tenant namespace (see _auth),
+        # the identity AuthInterceptor resolved for the call.
         self._tokens = tokens
         self._tenants = TenantCounters()
         # Each open stream holds a server thread for its whole life: bound them so
@@ -185,16 +177,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     def Pipeline(  # type: ignore[override]  # requests arrive as bytes (see _fastpath)
         self, request_iterator: Iterable[bytes], context: grpc.ServicerContext
     ) -> Iterator[pb.PipelineResponse]:
-        self._observer.started("Pipeline")
-        start = time.perf_counter()
-        code = grpc.StatusCode.CANCELLED  # unless the stream ends one of the ways below
         tenant = self._tenant(context)
         caller = caller_of(context.peer(), tenant.tenant if tenant else None)
         try:
             stream = self._streams.admit(caller, status_closer(context))
         except TooBusyError as exc:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._observer.handled("Pipeline", code, time.perf_counter() - start)
             abort(context, _rejection(exc, "Pipeline"))
             raise AssertionError("abort() returned") from exc  # pragma: no cover
         request_iterator = stream.watch(request_iterator)  # the idle clock
@@ -224,9 +211,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     else:
                         reply, kept = self._run_batch(parsed, context, prefix)
                 except (InvalidArgumentError, ShuttingDownError, TooBusyError) as exc:
-                    rejection = _rejection(exc, "Pipeline")
-                    code = rejection.code
-                    abort(context, rejection)
+                    abort(context, _rejection(exc, "Pipeline"))
                 finally:
                     self._budget.release(held)
                 if tenant is not None:
@@ -235,15 +220,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 try:
                     yield reply
                 finally:
-                    if not self._sends.disarm(sending):  # ended by _reply_unread
-                        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                    self._sends.disarm(sending)  # False: _reply_unread ended the call
                     self._budget.release(kept)
-            code = grpc.StatusCode.OK
         finally:
             self._streams.release(stream)
-            if stream.idle_closed:  # the watchdog ended it (see _streams)
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._observer.handled("Pipeline", code, time.perf_counter() - start)
 
     def _reply_unread(self, context: grpc.ServicerContext) -> None:
         end_call(
@@ -496,10 +476,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         raise InvalidArgumentError(where, "no operation set (one of get, set_ex, delete)")
 
     def _tenant(self, context: grpc.ServicerContext) -> Identity | None:
-        """The caller's identity when tokens are on (the interceptor has vetted it)."""
+        """The caller's identity when tokens are on (AuthInterceptor resolved it)."""
         if self._tokens is None:
             return None
-        identity = self._tokens.identity(context.invocation_metadata())
+        identity = caller_identity()
         if identity is None:  # unreachable behind AuthInterceptor; never serve unscoped
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
         return identity

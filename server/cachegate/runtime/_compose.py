@@ -16,7 +16,7 @@ import grpc
 
 from cachegate.core import Config
 from cachegate.pool import RedisConnectionPool
-from cachegate.rpc import CacheServer, RpcObserver, ServerMetrics, create_server
+from cachegate.rpc import CacheServer, RpcObserver, ServerMetrics, create_server, served_services
 from cachegate.runtime._board import SharedBreakerCommands, WorkerBoard
 from cachegate.runtime._http import HttpSidePort
 from cachegate.runtime._threads import RpcThreadPool
@@ -83,7 +83,9 @@ def build_service(
     """
     pool = RedisConnectionPool(config)
     threads = rpc_threads(config)
-    metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
+    metrics = ServerMetrics(
+        pool, worker_id=worker_id, workers=workers, services=served_services(config)
+    )
     commands = SharedBreakerCommands(board, pool.breaker) if board is not None else None
     try:
         server, port = create_server(
