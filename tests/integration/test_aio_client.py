@@ -346,13 +346,13 @@ def test_a_cancelled_task_cancels_its_pipeline_stream(start_server: StartServer)
             first = asyncio.Event()
             task = asyncio.create_task(consume(client, first))
             await asyncio.wait_for(first.wait(), 10)
-            assert observer.codes("Pipeline") == []  # open on the server
+            assert observer.codes("/cachegate.v1.CacheService/Pipeline") == []  # open on the server
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             await asyncio.to_thread(
                 wait_until,
-                lambda: observer.codes("Pipeline") or None,
+                lambda: observer.codes("/cachegate.v1.CacheService/Pipeline") or None,
                 timeout=10,
                 what="the server to see the stream end",
             )
@@ -362,14 +362,14 @@ def test_a_cancelled_task_cancels_its_pipeline_stream(start_server: StartServer)
             await replies.aclose()
             await asyncio.to_thread(
                 wait_until,
-                lambda: observer.codes("Pipeline")[1:] or None,
+                lambda: observer.codes("/cachegate.v1.CacheService/Pipeline")[1:] or None,
                 timeout=10,
                 what="the server to see the closed stream end",
             )
             assert await client.get("stream:k") == b"v"  # the channel itself stays open
 
     asyncio.run(main())
-    assert observer.codes("Pipeline") == [grpc.StatusCode.CANCELLED] * 2
+    assert observer.codes("/cachegate.v1.CacheService/Pipeline") == [grpc.StatusCode.CANCELLED] * 2
 
 
 class CallWatch(grpc.ServerInterceptor):  # type: ignore[type-arg]
