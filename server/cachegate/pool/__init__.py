@@ -7,7 +7,9 @@
         pipe = client.pipeline()
         ...
 
-Exceptions are drawn in `cachegate.pool._errors`.
+Exceptions are drawn in `cachegate.pool._errors`. `pool.snapshot()` and
+`pool.health_report()` give the figures of `get_stats()` and `health_check()` typed
+(`PoolSnapshot`). What the pool relies on in redis-py is listed in `_redispy.py`.
 """
 
 from cachegate.core import CircuitOpenError
@@ -22,6 +24,7 @@ from cachegate.pool._errors import (
 )
 from cachegate.pool._global import close_redis_pool, get_redis_pool
 from cachegate.pool._pool import RedisConnectionPool
+from cachegate.pool._snapshot import PoolSnapshot, RedisReport
 
 __all__ = [
     "CacheError",
@@ -29,8 +32,10 @@ __all__ = [
     "CommandError",
     "PartialRead",
     "PoolExhaustedError",
+    "PoolSnapshot",
     "RedisConnectionPool",
     "RedisOutOfMemoryError",
+    "RedisReport",
     "RedisTimeoutError",
     "RedisUnavailableError",
     "TooLarge",
