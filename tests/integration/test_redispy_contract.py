@@ -25,6 +25,7 @@ from cachegate.pool._redispy import (
     ResponseCallbacks,
     check_health,
     fork_check,
+    idle_since,
     is_lasting_refusal,
     is_wrong_type,
     new_connection_refused,
@@ -37,6 +38,7 @@ from cachegate.pool._redispy import (
     reusable,
     send,
     send_many,
+    stamp_idle,
     take_idle,
     why_refused,
 )
@@ -200,7 +202,10 @@ def test_idle_connections_are_a_lifo_under_the_lock_and_counted(
     again = pool.get_connection()
     assert again is second  # the most recently released comes out first
     pool.release(again)
-    taken = take_idle(pool, lambda conn: conn is first)
+    assert idle_since(first, -1.0) == -1.0
+    stamp_idle(first, 5.0)  # a connection object takes our stamp
+    assert idle_since(first, -1.0) == 5.0
+    taken = take_idle(pool, lambda conn: idle_since(conn, 99.0) < 10.0)
     assert taken == [first]
     first.disconnect()
     assert pool._created_connections == 1

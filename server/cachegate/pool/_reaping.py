@@ -14,12 +14,9 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from cachegate.pool._parking import ParkingPool
-from cachegate.pool._redispy import Connection, PoolBase, take_idle
+from cachegate.pool._redispy import Connection, PoolBase, idle_since, stamp_idle, take_idle
 
 __all__ = ["IdleReaping", "ReapingConnectionPool", "ReapingSentinelConnectionPool"]
-
-# Our stamp on redis-py's connection objects: when it was last released (monotonic).
-_IDLE_SINCE = "_cachegate_idle_since"
 
 
 class IdleReaping(PoolBase):
@@ -30,7 +27,7 @@ class IdleReaping(PoolBase):
 
     def release_idle_since(self, connection: Connection, since: float) -> None:
         """Release a connection that has been idle since `since` (a monotonic time)."""
-        setattr(connection, _IDLE_SINCE, since)
+        stamp_idle(connection, since)
         super().release(connection)
 
     def reap_idle(self, max_idle: float) -> int:
@@ -38,7 +35,7 @@ class IdleReaping(PoolBase):
             for connection, parked_at in self.unpark(max_idle):
                 self.release_idle_since(connection, parked_at)
         cutoff = time.monotonic() - max_idle
-        stale = take_idle(self, lambda c: getattr(c, _IDLE_SINCE, cutoff) < cutoff)
+        stale = take_idle(self, lambda c: idle_since(c, cutoff) < cutoff)
         for conn in stale:
             conn.disconnect()
         return len(stale)

@@ -28,7 +28,8 @@ changes any of it fails there and not in production:
 4. `ConnectionPool._checkpid()`: after a fork it calls `reset()`, which `__init__`
    calls too, so a subclass's `reset()` sees every new start of the pool.
 5. `ConnectionPool._lock`, `_available_connections`, `_created_connections`: the idle
-   connections (LIFO, popped from the end) and the count of open ones, under the lock.
+   connections (LIFO, popped from the end) and the count of open ones, under the lock;
+   and that a connection object takes an attribute of ours (when it went idle).
 6. `ConnectionPool.get_connection_count()`: `[(idle, attributes), (in_use, attributes)]`.
 7. `ConnectionPool.connection_class` and `connection_kwargs`: how to open one more
    connection like the pool's own, to ask Redis why it refused one.
@@ -61,6 +62,7 @@ __all__ = [
     "ResponseCallbacks",
     "check_health",
     "fork_check",
+    "idle_since",
     "is_lasting_refusal",
     "is_wrong_type",
     "new_connection_refused",
@@ -74,6 +76,7 @@ __all__ = [
     "send",
     "send_many",
     "send_packed",
+    "stamp_idle",
     "take_idle",
     "why_refused",
 ]
@@ -190,6 +193,21 @@ class ResponseCallbacks:
 
 
 # --- the pool's idle list and counts (5, 6, 7, 9) --------------------------------------------
+
+
+# Our stamp on redis-py's connection objects: when it was last released (monotonic).
+_IDLE_SINCE = "_cachegate_idle_since"
+
+
+def stamp_idle(conn: Connection, since: float) -> None:
+    """Note on the connection that it has been idle since `since` (a monotonic time)."""
+    setattr(conn, _IDLE_SINCE, since)
+
+
+def idle_since(conn: Connection, default: float) -> float:
+    """When `stamp_idle` last noted the connection idle; `default` if never."""
+    since: float = getattr(conn, _IDLE_SINCE, default)
+    return since
 
 
 def take_idle(pool: redis.ConnectionPool, idle_before: Callable[[Connection], bool]) -> list[Any]:
