@@ -1,7 +1,8 @@
 """Call counters shared by the pool, the service and the metrics.
 
-Plain integers behind one lock: an uncontended acquire costs tens of
-nanoseconds, far below a Redis round trip, and no increment is ever lost.
+Plain integers behind one lock: an uncontended acquire is a C call, far
+cheaper than the Redis round trip it counts (docs/performance.md, "Host figures
+behind the pool's comments"), and no increment is ever lost.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@
 
 Every exception here is a `CacheError` (the server side's one root, re-exported from
 `cachegate.core`); the unavailable ones are also the builtin ConnectionError. The tree
-is drawn in `cachegate.core._errors`.
+is drawn in `cachegate.core._errors`. `pool.snapshot()` and `pool.health_report()`
+give the figures of `get_stats()` and `health_check()` typed (`PoolSnapshot`). What
+the pool relies on in redis-py is listed in `_redispy.py`.
 """
 
 from cachegate.core import CacheError, CircuitOpenError
@@ -23,6 +25,7 @@ from cachegate.pool._errors import (
 )
 from cachegate.pool._global import close_redis_pool, get_redis_pool
 from cachegate.pool._pool import RedisConnectionPool
+from cachegate.pool._snapshot import PoolSnapshot, RedisReport
 
 __all__ = [
     "CacheError",
@@ -30,8 +33,10 @@ __all__ = [
     "CommandError",
     "PartialRead",
     "PoolExhaustedError",
+    "PoolSnapshot",
     "RedisConnectionPool",
     "RedisOutOfMemoryError",
+    "RedisReport",
     "RedisTimeoutError",
     "RedisUnavailableError",
     "TooLarge",

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import redis
@@ -53,7 +53,8 @@ from cachegate.core import (
     ProbeSchedule,
     StateListener,
 )
-from cachegate.pool._backends import Backend, make_backend
+from cachegate.pool._backend import Backend
+from cachegate.pool._backends import make_backend
 from cachegate.pool._bounded import PartialRead, TooLarge
 from cachegate.pool._commands import IDEMPOTENT, READS, WRITES
 from cachegate.pool._errors import (
@@ -65,6 +66,7 @@ from cachegate.pool._errors import (
     translate,
 )
 from cachegate.pool._slots import Slots
+from cachegate.pool._snapshot import PoolSnapshot, RedisReport
 
 __all__ = ["RedisConnectionPool"]
 
@@ -274,75 +276,63 @@ class RedisConnectionPool:
         are (0.0 here: this call just asked Redis); `hit_rate` is the process's own
         (see CallStats.hit_rate), None before any read.
         It waits at most one second for a free connection; a pool busy for longer
-        is reported as unhealthy, with that reason.
+        is reported as unhealthy, with that reason. Built from `health_report()`.
         """
-        report: dict[str, Any] = {
-            "healthy": False,
-            "ping_ms": None,
-            "version": None,
-            "connected_clients": None,
-            "used_memory_human": None,
-            "hit_rate": self._counters.snapshot().hit_rate,
-            "circuit_state": self._breaker.state.value,
-            "pool": self._pool_section(),
-            "backend": self._backend.kind,
-            "error": None,
-            "age_seconds": 0.0,
-        }
+        return self.health_report().health_dict()
+
+    def health_report(self) -> PoolSnapshot:
+        """`snapshot()` plus what a PING and an INFO say of Redis now (`.redis`). Never raises.
+
+        The pool's figures are taken before Redis is asked. It waits at most one
+        second for a free connection, as health_check().
+        """
+        snapshot = self.snapshot()
+        return replace(snapshot, redis=self._ask_redis())
+
+    def _ask_redis(self) -> RedisReport:
         timeout = min(HEALTH_TIMEOUT, self._config.pool.socket_timeout)
         # Through the connection gate like any call (so REDIS_MAX_CONNECTIONS holds),
         # but past the breaker: operators see Redis's truth while it keeps calls away.
         if not self._slots.acquire(timeout):
-            report["error"] = f"PoolExhaustedError: {self._exhausted_message()}"
-            return report
+            return RedisReport(
+                healthy=False, error=f"PoolExhaustedError: {self._exhausted_message()}"
+            )
         try:
             self._check_open()
             start = time.perf_counter()
             self._backend.run(("PING",), timeout)
-            report["ping_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            ping_ms = round((time.perf_counter() - start) * 1000, 3)
             info = self._backend.info(timeout)
         except Exception as exc:
-            report["error"] = f"{type(exc).__name__}: {exc}"
-            return report
+            return RedisReport(healthy=False, error=f"{type(exc).__name__}: {exc}")
         finally:
             self._slots.release()
-        report.update(
+        return RedisReport(
             healthy=True,
+            ping_ms=ping_ms,
             version=info.version,
             connected_clients=info.connected_clients,
             used_memory_human=info.used_memory_human,
         )
-        return report
 
     def get_stats(self) -> dict[str, Any]:
-        """Pool, breaker and call figures of this process (cheap: no Redis call)."""
-        counts = self._backend.counts()
-        calls = self._counters.snapshot()
-        breaker = self._breaker.snapshot()
-        return {
-            "backend": self._backend.kind,
-            "max_connections": self._slots.size,
-            "created_connections": counts.created,
-            "available_connections": counts.idle,
-            "in_use_connections": counts.in_use,
-            "pending_requests": self._slots.pending,
-            "wait_seconds_total": round(self._slots.wait_seconds_total, 6),
-            "circuit_state": breaker.state.value,
-            "consecutive_failures": breaker.consecutive_failures,
-            "retry_after": round(breaker.retry_after, 3),
-            "breaker_opened_total": breaker.opened_total,
-            "breaker_transitions_total": breaker.transitions_total,
-            "calls": calls.calls_total,
-            "failures": calls.failures_total,
-            "retries": calls.retries_total,
-            "rejected_calls": breaker.rejected_total,
-            "breaker_probes_succeeded": self._probes["success"],
-            "breaker_probes_failed": self._probes["failure"],
-            "pool_wait_timeouts": calls.wait_timeouts_total,
-            "hits": calls.hits_total,
-            "misses": calls.misses_total,
-            "hit_rate": calls.hit_rate,  # None before any read (see CallStats.hit_rate)
-        }
+        """Pool, breaker and call figures of this process (cheap: no Redis call).
+        Built from `snapshot()`."""
+        return self.snapshot().stats_dict()
+
+    def snapshot(self) -> PoolSnapshot:
+        """Pool, breaker and call figures of this process, typed, at one moment (no Redis call)."""
+        return PoolSnapshot(
+            backend=self._backend.kind,
+            max_connections=self._slots.size,
+            connections=self._backend.counts(),
+            pending_requests=self._slots.pending,
+            wait_seconds_total=self._slots.wait_seconds_total,
+            breaker=self._breaker.snapshot(),
+            calls=self._counters.snapshot(),
+            probes_succeeded=self._probes["success"],
+            probes_failed=self._probes["failure"],
+        )
 
     def close(self) -> None:
         """Close every connection. Idempotent; later calls raise RedisUnavailableError."""
@@ -587,14 +577,6 @@ class RedisConnectionPool:
             self._counters.reads(0, 1)
         else:
             self._counters.reads(1, 0)
-
-    def _pool_section(self) -> dict[str, int]:
-        counts = self._backend.counts()
-        return {
-            "created_connections": counts.created,
-            "available_connections": counts.idle,
-            "in_use_connections": counts.in_use,
-        }
 
     def _exhausted_message(self) -> str:
         return (

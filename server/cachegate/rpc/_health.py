@@ -15,7 +15,7 @@ call (a PING through the pool) whenever the breaker is not closed, so the
 service comes back by itself after Redis does.
 
 The same thread keeps the figures Stats shows of Redis (`latest()`): the last
-`health_check()` report and its age. Stats never waits for Redis; a Stats that
+`health_report()` and its age. Stats never waits for Redis; a Stats that
 finds the report older than STATS_REFRESH_SECONDS asks this thread for a new one,
 so however often Stats is called a process sends at most one PING and one INFO
 a second for it, and none while nobody asks.
@@ -29,13 +29,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from cachegate.core import CircuitOpenError, CircuitState, RepeatedMessage
-from cachegate.pool import CacheError, RedisConnectionPool
+from cachegate.pool import CacheError, PoolSnapshot, RedisConnectionPool
 
 __all__ = [
     "SERVICE_NAME",
@@ -57,9 +56,9 @@ STATS_REFRESH_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class HealthSample:
-    """A health_check() report and how old it is (seconds); report is None before the first."""
+    """A health_report() and how old it is (seconds); report is None before the first."""
 
-    report: dict[str, Any] | None
+    report: PoolSnapshot | None
     age_seconds: float
 
 
@@ -124,7 +123,7 @@ class HealthReporter:
         self._ready = threading.Event()
         self._refresh = threading.Event()  # a Stats found the report stale
         # (report, when): replaced whole, so readers need no lock.
-        self._latest: tuple[dict[str, Any], float] | None = None
+        self._latest: tuple[PoolSnapshot, float] | None = None
         self._thread = threading.Thread(target=self._run, name="cachegate-health", daemon=True)
         self.servicer.set("", NOT_SERVING)
         self.servicer.set(SERVICE_NAME, NOT_SERVING)
@@ -138,7 +137,7 @@ class HealthReporter:
         return self._ready.wait(timeout)
 
     def latest(self) -> HealthSample:
-        """The last health_check() report and its age, at once (no Redis call here).
+        """The last health_report() and its age, at once (no Redis call here).
 
         A report older than STATS_REFRESH_SECONDS wakes the prober thread for a new
         one; this caller gets the one there is, its age saying how old.
@@ -152,8 +151,8 @@ class HealthReporter:
             return HealthSample(None, 0.0)
         return HealthSample(latest[0], age or 0.0)
 
-    def _check(self) -> dict[str, Any]:
-        report = self._pool.health_check()
+    def _check(self) -> PoolSnapshot:
+        report = self._pool.health_report()
         self._latest = (report, self._clock())
         return report
 
@@ -187,8 +186,8 @@ class HealthReporter:
         not_ready = RepeatedMessage()
         started = time.monotonic()
         while not self._stop.is_set() and not self._ready.is_set():
-            report = self._check()
-            if report["healthy"]:
+            redis = self._check().redis
+            if redis is not None and redis.healthy:
                 self._ready.set()
                 self.servicer.set("", SERVING)
                 closed = self._pool.breaker.state is CircuitState.CLOSED
@@ -203,7 +202,10 @@ class HealthReporter:
                 if held is not None:
                     log.warning(
                         "backend not ready",
-                        extra={"reason": report.get("error", ""), "repeats_suppressed": held},
+                        extra={
+                            "reason": (redis.error if redis else None) or "",
+                            "repeats_suppressed": held,
+                        },
                     )
                 self._stop.wait(self._probe_interval)
         # Then: probe whenever the breaker is not closed, so it can close again.

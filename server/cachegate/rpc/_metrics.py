@@ -7,10 +7,10 @@ Two sources, two costs:
   (see _observe.py): plain integers behind one lock, made into metric families at
   scrape time.
 - Pool, breaker and call figures are NOT counted on the hot path: `PoolCollector`
-  reads `pool.get_stats()` (no Redis call) when Prometheus scrapes.
+  reads one `pool.snapshot()` (no Redis call) when Prometheus scrapes.
 
 Only breaker transitions are counted as they happen (a state listener), because
-get_stats() keeps one total, not one per (from, to) pair; and certificate reloads
+the snapshot keeps one total, not one per (from, to) pair; and certificate reloads
 (`cachegate_tls_reloads_total`, a listener that _tls calls with each outcome).
 
 Each `ServerMetrics` owns its own `CollectorRegistry` (never the global one), so a
@@ -57,7 +57,7 @@ _SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
 GRPC_SERVICE: str = _SERVICE.full_name  # "cachegate.v1.CacheService"
 HEALTH_SERVICE: ServiceDescriptor = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
-# cachegate_breaker_state's value per state (get_stats()["circuit_state"] strings).
+# cachegate_breaker_state's value per state (CircuitState values).
 BREAKER_STATE_VALUES: dict[str, int] = {
     CircuitState.CLOSED.value: 0,
     CircuitState.HALF_OPEN.value: 1,
@@ -230,7 +230,7 @@ class PrometheusObserver:
 
 
 class PoolCollector:
-    """Pool, breaker and call figures, read from `pool.get_stats()` at scrape time.
+    """Pool, breaker and call figures, read from one `pool.snapshot()` at scrape time.
 
     Connection figures follow OpenTelemetry's `db.client.connection.*` semantic
     conventions in Prometheus form; breaker and call figures are `cachegate_*`.
@@ -242,7 +242,8 @@ class PoolCollector:
         self._workers = str(workers)
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._pool.get_stats()
+        snap = self._pool.snapshot()
+        calls, breaker = snap.calls, snap.breaker
         w = self._worker
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -260,7 +261,7 @@ class PoolCollector:
             "Always 1: the backend kind and how many worker processes serve the port.",
             labels=["backend", "workers", "worker"],
         )
-        info.add_metric([stats["backend"], self._workers, w], 1)
+        info.add_metric([snap.backend, self._workers, w], 1)
         yield info
 
         count = GaugeMetricFamily(
@@ -268,49 +269,49 @@ class PoolCollector:
             "Redis connections currently open, by state (idle in the pool, or used).",
             labels=["state", "worker"],
         )
-        count.add_metric(["idle", w], stats["available_connections"])
-        count.add_metric(["used", w], stats["in_use_connections"])
+        count.add_metric(["idle", w], snap.connections.idle)
+        count.add_metric(["used", w], snap.connections.in_use)
         yield count
         yield gauge(
             "db_client_connection_max",
             "Most Redis connections this process may open (REDIS_MAX_CONNECTIONS, per worker).",
-            stats["max_connections"],
+            snap.max_connections,
         )
         yield gauge(
             "db_client_connection_pending_requests",
             "Calls waiting for a free Redis connection right now.",
-            stats["pending_requests"],
+            snap.pending_requests,
         )
         yield counter(
             "db_client_connection_timeouts",
             "Calls that found no free connection within REDIS_POOL_TIMEOUT.",
-            stats["pool_wait_timeouts"],
+            calls.wait_timeouts_total,
         )
         yield counter(
             "db_client_connection_wait_time_seconds",
             "Seconds calls spent waiting for a free connection, summed.",
-            stats["wait_seconds_total"],
+            round(snap.wait_seconds_total, 6),
         )
 
         yield gauge(
             "cachegate_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            BREAKER_STATE_VALUES[stats["circuit_state"]],
+            BREAKER_STATE_VALUES[breaker.state.value],
         )
         yield gauge(
             "cachegate_breaker_consecutive_failures",
             "Outage-class failures in a row (the breaker opens at REDIS_FAILURE_THRESHOLD).",
-            stats["consecutive_failures"],
+            breaker.consecutive_failures,
         )
         yield counter(
             "cachegate_breaker_opened",
             "Times the breaker opened.",
-            stats["breaker_opened_total"],
+            breaker.opened_total,
         )
         yield counter(
             "cachegate_breaker_rejected",
             "Calls the open breaker rejected without touching Redis.",
-            stats["rejected_calls"],
+            breaker.rejected_total,
         )
         probes = CounterMetricFamily(
             "cachegate_breaker_probes",
@@ -318,35 +319,35 @@ class PoolCollector:
             "half-opens the breaker).",
             labels=["result", "worker"],
         )
-        probes.add_metric(["success", w], stats["breaker_probes_succeeded"])
-        probes.add_metric(["failure", w], stats["breaker_probes_failed"])
+        probes.add_metric(["success", w], snap.probes_succeeded)
+        probes.add_metric(["failure", w], snap.probes_failed)
         yield probes
         yield counter(
             "cachegate_redis_calls",
             "Attempts sent to Redis (each retry counts), batches as one.",
-            stats["calls"],
+            calls.calls_total,
         )
         yield counter(
             "cachegate_redis_failures",
             "Attempts that failed with an outage-class error (refused, reset, timed out).",
-            stats["failures"],
+            calls.failures_total,
         )
         yield counter(
             "cachegate_redis_retries",
             "Retries of idempotent commands after an outage-class error.",
-            stats["retries"],
+            calls.retries_total,
         )
         # The hit rate is hits / (hits + misses) of these two (the same counters as
         # health_check's and Stats' hit_rate): no third, separately computed copy.
         yield counter(
             "cachegate_cache_hits",
             "Reads that found their key; hit rate = hits / (hits + misses).",
-            stats["hits"],
+            calls.hits_total,
         )
         yield counter(
             "cachegate_cache_misses",
             "Reads that found no value; hit rate = hits / (hits + misses).",
-            stats["misses"],
+            calls.misses_total,
         )
 
 

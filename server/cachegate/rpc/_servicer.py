@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from cachegate.core import LimitSettings
-from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
+from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, RedisReport, TooLarge
 from cachegate.rpc._admin import breaker_stats
 from cachegate.rpc._auth import Identity, TokenTable, caller_identity
 from cachegate.rpc._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
@@ -96,7 +96,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     ) -> None:
         # Stats' Redis figures: the health prober's latest (HealthReporter.latest),
         # never a Redis call of its own; without a reporter, a live check.
-        self._health = health or (lambda: HealthSample(pool.health_check(), 0.0))
+        self._health = health or (lambda: HealthSample(pool.health_report(), 0.0))
         # With tokens, every key lives in its caller's tenant namespace (see _auth),
         # the identity AuthInterceptor resolved for the call.
         self._tokens = tokens
@@ -499,38 +499,40 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         tenant = self._tenant(context)
         if tenant is not None and tenant.role != "admin":
             return self._client_stats(tenant)
-        stats = self._pool.get_stats()
+        snapshot = self._pool.snapshot()  # one moment for pool, breaker and call figures
         sample = self._health()
-        health = sample.report or {"healthy": False, "error": "no health probe has run yet"}
-        snapshot = self._pool.breaker.snapshot()
-        hit_rate = stats["hit_rate"] or 0.0  # None before any read: 0 on the wire
+        redis = sample.report.redis if sample.report is not None else None
+        if redis is None:
+            redis = RedisReport(healthy=False, error="no health probe has run yet")
+        calls = snapshot.calls
+        hit_rate = calls.hit_rate or 0.0  # None before any read: 0 on the wire
         return pb.StatsResponse(
-            backend=stats["backend"],
+            backend=snapshot.backend,
             pool=pb.PoolStats(
-                max_connections=stats["max_connections"],
-                created_connections=stats["created_connections"],
-                available_connections=stats["available_connections"],
-                in_use_connections=stats["in_use_connections"],
-                pending_requests=stats["pending_requests"],
-                wait_timeouts_total=stats["pool_wait_timeouts"],
+                max_connections=snapshot.max_connections,
+                created_connections=snapshot.connections.created,
+                available_connections=snapshot.connections.idle,
+                in_use_connections=snapshot.connections.in_use,
+                pending_requests=snapshot.pending_requests,
+                wait_timeouts_total=calls.wait_timeouts_total,
             ),
-            breaker=breaker_stats(snapshot),
+            breaker=breaker_stats(snapshot.breaker),
             calls=pb.CallStats(
-                calls_total=stats["calls"],
-                failures_total=stats["failures"],
-                retries_total=stats["retries"],
-                hits_total=stats["hits"],
-                misses_total=stats["misses"],
+                calls_total=calls.calls_total,
+                failures_total=calls.failures_total,
+                retries_total=calls.retries_total,
+                hits_total=calls.hits_total,
+                misses_total=calls.misses_total,
                 hit_rate=hit_rate,
             ),
             redis=pb.RedisInfo(  # unknowns (None) go as 0 / ""
-                healthy=health["healthy"],
-                ping_ms=health.get("ping_ms") or 0.0,
-                version=health.get("version") or "",
-                connected_clients=health.get("connected_clients") or 0,
-                used_memory_human=health.get("used_memory_human") or "",
+                healthy=redis.healthy,
+                ping_ms=redis.ping_ms or 0.0,
+                version=redis.version or "",
+                connected_clients=redis.connected_clients or 0,
+                used_memory_human=redis.used_memory_human or "",
                 hit_rate=hit_rate,  # the one hit rate, as in calls (not the probe's copy)
-                error=health.get("error") or "",
+                error=redis.error or "",
                 age_seconds=sample.age_seconds,
             ),
             worker_id=self._worker_id,
@@ -542,7 +544,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         """A client token's view: no Redis call, nothing another tenant's calls move."""
         breaker = breaker_stats(self._pool.breaker.snapshot())
         return pb.StatsResponse(
-            backend=self._pool.get_stats()["backend"],
+            backend=self._pool.backend_kind,
             # Whether (and for how long) its calls are refused; the counters are everyone's.
             breaker=pb.BreakerStats(
                 state=breaker.state, retry_after_seconds=breaker.retry_after_seconds
