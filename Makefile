@@ -67,7 +67,7 @@ unit: $(VENV)/.dev
 drills: $(VENV)/.dev system-deps
 	$(PY) -m pytest -s tests/drills $(wildcard tests/fuzz) $(DRILLS_ARGS)
 
-## bench: cachegate side by side with redis-benchmark and redis-py (prints a table, writes docs/bench.json)
+## bench: cachegate side by side with redis-benchmark and redis-py (prints a table and its ratios against their targets, writes docs/bench.json)
 bench: $(VENV)/.dev system-deps
 	@command -v h2load >/dev/null 2>&1 || bash scripts/ensure-apt.sh nghttp2-client
 	$(PY) scripts/bench.py $(BENCH_ARGS)

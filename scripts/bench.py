@@ -1,10 +1,14 @@
 """`make bench`: cachegate side by side with Redis itself, on this machine, in one run.
 
-Prints a table and writes JSON (one record per measurement: name, concurrency,
-batch, ops_per_s, p50_ms, p99_ms, server_cpu_us_per_op). Server CPU comes from
+Prints a table and writes JSON: "records", one per measurement (name, concurrency,
+batch, ops_per_s, p50_ms, p99_ms, server_cpu_us_per_op, redis_round_trips_per_op,
+redis_commands_per_op), and
+"ratios", issue 15's targets as ratios of figures of this same run (scripts/bench_ratios.py;
+scripts/bench_compare.py sets two runs' ratios side by side). Server CPU comes from
 /proc/<pid>/stat of every server process (supervisor and workers): on a noisy
 2-core machine it is the figure that holds, where throughput moves with whatever
-else runs.
+else runs. Redis round trips and commands per operation come from Redis's INFO stats
+(see RedisCounts).
 
 The `pool` part (scripts/bench_pool.py) is the in-process pool of the guide's API under
 32 threads on 10 connections, beside redis-py's BlockingConnectionPool.
@@ -47,6 +51,7 @@ import grpc  # noqa: E402
 import redis  # noqa: E402
 
 from bench_pool import pool_fairness  # noqa: E402
+from bench_ratios import compute_ratios, ratio_table  # noqa: E402
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
 from redisprocs import RedisProcess, free_port, start_standalone  # noqa: E402
 
@@ -65,6 +70,8 @@ class Record:
     p99_ms: float
     server_cpu_us_per_op: float | None
     note: str = ""
+    redis_round_trips_per_op: float | None = None
+    redis_commands_per_op: float | None = None
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -81,6 +88,38 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCounts:
+    """Redis's own counters (INFO stats), read before and after a load run.
+
+    Round trips are `total_reads_processed`: one per read of a client's socket, so a
+    pipeline or an MGET of many keys is one, and a new connection's handshake counts.
+    Commands are `total_commands_processed`, which also counts each command a Lua script
+    runs (the bounded read's length-first script). `round_trips` is None on a Redis older
+    than the counter.
+    """
+
+    round_trips: int | None
+    commands: int
+
+    @classmethod
+    def read(cls, client: redis.Redis) -> RedisCounts:
+        stats: dict[str, Any] = client.info("stats")
+        reads = stats.get("total_reads_processed")
+        return cls(None if reads is None else int(reads), int(stats["total_commands_processed"]))
+
+    def per_op(self, later: RedisCounts, ops: int) -> tuple[float | None, float]:
+        """(round trips, commands) per operation from here to `later`.
+
+        Each difference holds exactly one of the two readings' own INFO (Redis counts a
+        read as it reads and a command once it has run), so one is taken off each.
+        """
+        commands = (later.commands - self.commands - 1) / ops
+        if self.round_trips is None or later.round_trips is None:
+            return None, commands
+        return (later.round_trips - self.round_trips - 1) / ops, commands
 
 
 def children(pid: int) -> list[int]:
@@ -383,11 +422,17 @@ def h2load(
 
 
 def unary(
-    server: Cachegate, folder: Path, concurrency: int, requests: int, repeat: int
+    server: Cachegate,
+    redis_client: redis.Redis,
+    folder: Path,
+    concurrency: int,
+    requests: int,
+    repeat: int,
 ) -> list[Record]:
     """One record per method: the run with the median ops/s of `repeat` h2load runs.
 
     This machine's neighbours move a single run by +-10%; the note gives the spread.
+    Redis round trips and commands per call are counted over the same run.
     """
     records = []
     for method, body in (
@@ -396,14 +441,17 @@ def unary(
     ):
         runs = []
         for _ in range(repeat):
-            before = server.handled()
+            before, redis_before = server.handled(), RedisCounts.read(redis_client)
             rate, latencies, cpu = h2load(server, method, body, concurrency, requests, folder)
-            after = server.handled()
+            after, redis_after = server.handled(), RedisCounts.read(redis_client)
             ok = after.get((method, "OK"), 0) - before.get((method, "OK"), 0)
             if ok != len(latencies):  # h2load sees HTTP 200 for any gRPC status: ask the server
                 raise AssertionError(f"{method}: {len(latencies)} requests but {ok} answered OK")
             name, note = f"cachegate-unary-{method.lower()}", f"h2load, {server.workers} worker(s)"
-            runs.append(h2load_record(name, concurrency, rate, latencies, cpu, note))
+            run = h2load_record(name, concurrency, rate, latencies, cpu, note)
+            round_trips, commands = redis_before.per_op(redis_after, len(latencies))
+            run.redis_round_trips_per_op, run.redis_commands_per_op = round_trips, commands
+            runs.append(run)
         records.append(median_run(runs))
     return records
 
@@ -509,10 +557,17 @@ def _pipeline_client(
 
 
 def pipeline(
-    server: Cachegate, batch: int, seconds: float, processes: int, streams: int, window: int = 4
+    server: Cachegate,
+    redis_client: redis.Redis,
+    batch: int,
+    seconds: float,
+    processes: int,
+    streams: int,
+    window: int = 4,
 ) -> Record:
     context = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
     results = context.Queue()
+    redis_before = RedisCounts.read(redis_client)
     cpu_before = cpu_seconds(server.pids())
     started = time.monotonic()
     workers = [
@@ -532,11 +587,13 @@ def pipeline(
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(server.pids()) - cpu_before
     ops = sum(n for n, _ in collected)
+    round_trips, commands = redis_before.per_op(RedisCounts.read(redis_client), ops)
     latencies = [x for _, lat in collected for x in lat]
     return Record(
         "cachegate-pipeline", processes * streams, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
         cpu / ops * 1e6, f"{server.workers} worker(s), {window} batches in flight per stream",
+        round_trips, commands,
     )  # fmt: skip
 
 
@@ -561,13 +618,16 @@ def pool_records(url: str, seconds: float) -> list[Record]:
 
 def table(records: Sequence[Record]) -> str:
     head = f"{'name':24} {'conc':>5} {'batch':>5} {'ops/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-    head += f"{'cpu us/op':>9}  note"
+    head += f"{'cpu us/op':>9} {'rt/op':>6} {'cmd/op':>6}  note"
     lines = [head, "-" * len(head)]
     for r in records:
         cpu = f"{r.server_cpu_us_per_op:9.2f}" if r.server_cpu_us_per_op is not None else " " * 9
+        round_trips, commands = r.redis_round_trips_per_op, r.redis_commands_per_op
+        rt = f"{round_trips:6.3f}" if round_trips is not None else " " * 6
+        cmd = f"{commands:6.3f}" if commands is not None else " " * 6
         lines.append(
             f"{r.name:24} {r.concurrency:5} {r.batch:5} {r.ops_per_s:11,.0f} {r.p50_ms:8.3f} "
-            f"{r.p99_ms:8.3f} {cpu}  {r.note}"
+            f"{r.p99_ms:8.3f} {cpu} {rt} {cmd}  {r.note}"
         )
     return "\n".join(lines)
 
@@ -629,7 +689,7 @@ def main() -> int:
                 try:
                     for concurrency in (1, 16, 64):
                         requests = args.requests if concurrency > 1 else args.requests // 4
-                        records += unary(server, folder, concurrency, requests, args.repeat)
+                        records += unary(server, seed, folder, concurrency, requests, args.repeat)
                 finally:
                     server.stop()
                 records.append(floor(folder, args.workers, 64, args.requests, args.repeat))
@@ -639,7 +699,13 @@ def main() -> int:
                     for batch in (10, 100, 1000):
                         records.append(
                             pipeline(
-                                server, batch, args.seconds, args.clients, args.streams, args.window
+                                server,
+                                seed,
+                                batch,
+                                args.seconds,
+                                args.clients,
+                                args.streams,
+                                args.window,
                             )
                         )
                 finally:
@@ -650,8 +716,12 @@ def main() -> int:
             redis_proc.stop()
     print()
     print(table(records))
+    ratios = compute_ratios(records)
+    print()
+    print(ratio_table(ratios))
+    result = {"records": [asdict(r) for r in records], "ratios": [asdict(r) for r in ratios]}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n")
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
     medians = [
         r.server_cpu_us_per_op
