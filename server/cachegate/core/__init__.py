@@ -1,9 +1,11 @@
-"""The pure core: configuration, the circuit breaker, deadlines and counters.
+"""The pure core: configuration and its host:port parser, the key rule, the circuit
+breaker, deadlines and counters.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
 """
 
+from cachegate.core._address import Address, parse_address, parse_port
 from cachegate.core._breaker import (
     BreakerConfig,
     BreakerSnapshot,
@@ -19,10 +21,8 @@ from cachegate.core._config import (
     REPLY_COPIES,
     REQUEST_COPIES,
     SETTINGS,
-    Address,
     BackendKind,
     Config,
-    ConfigError,
     LimitSettings,
     PoolSettings,
     RedisSettings,
@@ -35,6 +35,8 @@ from cachegate.core._config import (
     select_backend,
 )
 from cachegate.core._deadline import Deadline
+from cachegate.core._errors import ConfigError
+from cachegate.core._keys import InvalidKeyError, ascii_keys, encode_key, short_key_chars
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
 from cachegate.core._stats import CallCounters, CallStats
@@ -56,6 +58,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deadline",
+    "InvalidKeyError",
     "LimitSettings",
     "Outcome",
     "Permit",
@@ -71,6 +74,11 @@ __all__ = [
     "ServerSettings",
     "Setting",
     "StateListener",
+    "ascii_keys",
+    "encode_key",
     "load_config",
+    "parse_address",
+    "parse_port",
     "select_backend",
+    "short_key_chars",
 ]
