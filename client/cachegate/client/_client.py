@@ -12,14 +12,20 @@ import grpc
 
 from cachegate.client._errors import error_for, from_rpc_error, status_code
 from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
-from cachegate.client._wire import decode_health_response, encode_health_request
+from cachegate.client._wire import (
+    HEALTH_CHECK,
+    HEALTH_WATCH,
+    decode_health_response,
+    encode_health_request,
+)
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 
 __all__ = ["DEFAULT_TARGET", "SERVICE_NAME", "CacheClient", "HealthStatus"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-SERVICE_NAME = "cachegate.v1.CacheService"
+# The name the server's health service gives the cache: its service's full name.
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["CacheService"].full_name
 
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 _HEALTH_NAMES: dict[int, HealthStatus] = {
@@ -121,12 +127,12 @@ class CacheClient:
             self._channel = grpc.insecure_channel(self.target, channel_options)
         self._stub = pb_grpc.CacheServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
+            HEALTH_CHECK,
             request_serializer=None,
             response_deserializer=None,
         )
         self._health_watch = self._channel.unary_stream(
-            "/grpc.health.v1.Health/Watch",
+            HEALTH_WATCH,
             request_serializer=None,
             response_deserializer=None,
         )
