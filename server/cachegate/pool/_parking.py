@@ -1,11 +1,11 @@
 """A LIFO of released connections in front of redis-py's ConnectionPool.
 
-Under load, redis-py 8's checkout and release cost ~20 µs of CPU per call on this
-kind of machine (docs/performance.md): its lock and in-use set, two observability
-records per checkout and a release event per release, work that is more than our
-whole pool layer. Between back-to-back calls the connection does not need any of
-it, so `ParkingPool.release()` parks a healthy connection on a LIFO, and
-`get_connection()` hands the most recently parked one out first.
+Under load, redis-py 8's checkout and release cost more CPU per call than our whole
+pool layer (docs/performance.md): its lock and in-use set, two observability
+records per checkout and a release event per release. Between back-to-back calls
+the connection does not need any of it, so `ParkingPool.release()` parks a healthy
+connection on a LIFO, and `get_connection()` hands the most recently parked one out
+first.
 
 The connections stay redis-py's: it made them, counts them (a parked connection is
 "in use" to redis-py's bookkeeping; `get_connection_count()` reports it as idle),

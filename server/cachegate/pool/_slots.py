@@ -6,7 +6,7 @@ each caller its own wait (capped by its deadline) and says how many wait.
 
 The free slots are tokens on a C `queue.SimpleQueue`: while nobody waits, taking
 and giving back a slot is one C call each, with no Python-level lock on the path
-every call takes (a Condition here cost several µs per call under load).
+every call takes (a Condition here measured dearer under load; docs/performance.md).
 
 Waiters queue first come, first served. Without more, a thread that frees a slot
 and calls again takes it back before the waiter it woke gets to run, every time
