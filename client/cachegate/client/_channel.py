@@ -14,6 +14,8 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
+from cachegate.v1 import cache_pb2 as pb
+
 __all__ = [
     "DEFAULT_TARGET",
     "RETRIED_METHODS",
@@ -27,7 +29,8 @@ __all__ = [
 ]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-SERVICE_NAME = "cachegate.v1.CacheService"
+# The name the server's health service gives the cache: its service's full name.
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["CacheService"].full_name
 # Get, SetEx, Delete and Stats leave the same state when run twice; Pipeline is a
 # stream and is never retried by the channel.
 RETRIED_METHODS = ("Get", "SetEx", "Delete", "Stats")

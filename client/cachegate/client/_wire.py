@@ -12,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 __all__ = [
+    "HEALTH_CHECK",
+    "HEALTH_WATCH",
     "STATUS_DETAILS_KEY",
     "decode_health_response",
     "encode_health_request",
     "retry_after_seconds",
 ]
 
+# grpc.health.v1's method paths, written here with the rest of its by-hand copy
+# (the thin client has no descriptor of it to take them from).
+_HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_CHECK = f"/{_HEALTH_SERVICE}/Check"
+HEALTH_WATCH = f"/{_HEALTH_SERVICE}/Watch"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5

@@ -1,9 +1,11 @@
-"""The pure core: configuration, the circuit breaker, deadlines, counters, the exception root.
+"""The pure core: configuration and its host:port parser, the key rule, the circuit
+breaker, deadlines, counters and the exception root.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
 """
 
+from cachegate.core._address import Address, parse_address, parse_port
 from cachegate.core._breaker import BreakerSnapshot, CircuitBreaker
 from cachegate.core._breaker_config import BreakerConfig
 from cachegate.core._breaker_listeners import StateListener
@@ -13,10 +15,8 @@ from cachegate.core._config import (
     REPLY_COPIES,
     REQUEST_COPIES,
     SETTINGS,
-    Address,
     BackendKind,
     Config,
-    ConfigError,
     LimitSettings,
     PoolSettings,
     RedisSettings,
@@ -29,7 +29,8 @@ from cachegate.core._config import (
     select_backend,
 )
 from cachegate.core._deadline import Deadline
-from cachegate.core._errors import CacheError, CircuitOpenError
+from cachegate.core._errors import CacheError, CircuitOpenError, ConfigError
+from cachegate.core._keys import InvalidKeyError, ascii_keys, encode_key, short_key_chars
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
 from cachegate.core._stats import CallCounters, CallStats
@@ -52,6 +53,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Deadline",
+    "InvalidKeyError",
     "LimitSettings",
     "Outcome",
     "Permit",
@@ -67,6 +69,11 @@ __all__ = [
     "ServerSettings",
     "Setting",
     "StateListener",
+    "ascii_keys",
+    "encode_key",
     "load_config",
+    "parse_address",
+    "parse_port",
     "select_backend",
+    "short_key_chars",
 ]

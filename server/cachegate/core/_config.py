@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from cachegate.core._address import Address, parse_address, parse_port
 from cachegate.core._breaker_config import BreakerConfig
+from cachegate.core._errors import ConfigError
 
 __all__ = [
     "BACKEND_HINTS",
@@ -63,10 +65,6 @@ REQUEST_COPIES = 2
 REPLY_COPIES = 4
 
 
-class ConfigError(ValueError):
-    """A setting has a value we cannot use. The message is one line naming the variable."""
-
-
 @dataclass(frozen=True, slots=True)
 class Secret:
     """A string that never shows itself in a repr, a str() or a log line."""
@@ -81,15 +79,6 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,27 +281,12 @@ def _backend(raw: str) -> BackendKind | None:
         raise ValueError(f"must be one of {', '.join(BACKENDS)}") from None
 
 
-def _address(raw: str, *, any_port: bool = False) -> Address:
-    host, sep, port = raw.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{raw.strip()!r} is not host:port")
-    return Address(host.strip("[]"), _port(port, any_port=any_port))
-
-
-def _port(raw: str, *, any_port: bool = False) -> int:
-    # Port 0 asks the OS for a free port: fine to listen on, meaningless to dial.
-    port = _int(0 if any_port else 1)(raw)
-    if port > 65535:
-        raise ValueError("must be <= 65535")
-    return port
-
-
 def _addresses(raw: str) -> tuple[Address, ...]:
-    return tuple(_address(part) for part in raw.split(",") if part.strip())
+    return tuple(parse_address(part) for part in raw.split(",") if part.strip())
 
 
 def _listen(raw: str) -> str:
-    _address(raw, any_port=True)  # validates host:port
+    parse_address(raw, listen=True)  # validates host:port; the runtime parses it again
     return raw.strip()
 
 
@@ -437,7 +411,7 @@ SETTINGS: tuple[Setting, ...] = (
             "redis://[user[:password]@]host[:port][/db] or rediss://...; overrides "
             "REDIS_HOST/PORT/DB/USERNAME/PASSWORD", _optional_text, secret=True),
     Setting("REDIS_HOST", "redis", "host", "localhost", "Redis host", _text),
-    Setting("REDIS_PORT", "redis", "port", "6379", "Redis port", _port),
+    Setting("REDIS_PORT", "redis", "port", "6379", "Redis port", parse_port),
     Setting("REDIS_DB", "redis", "db", "0", "Redis database number", _int(0)),
     Setting("REDIS_USERNAME", "redis", "username", "", "ACL user name (optional)",
             _optional_text),

@@ -21,7 +21,8 @@ the migration guide's ``except ConnectionError:`` keeps catching them::
     [...]: the other bases a class has, so that code written against them keeps
     catching it: the guide's ``except ConnectionError``, redis-py's own types.
 
-Only the root and the breaker's refusal are defined here: the core knows neither
+Only the root and the breaker's refusal are defined here (and `ConfigError`, the
+settings' error, which stops start-up and is no CacheError): the core knows neither
 redis nor gRPC. The Redis ones (RedisUnavailableError to RedisOutOfMemoryError)
 live beside the redis-py translation in `cachegate.pool._errors`, the last three
 beside the status mapping in `cachegate.rpc._status`. A unit test walks this
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cachegate.core._breaker_states import CircuitState
 
-__all__ = ["CacheError", "CircuitOpenError"]
+__all__ = ["CacheError", "CircuitOpenError", "ConfigError"]
 
 
 class CacheError(Exception):
@@ -94,3 +95,11 @@ class CircuitOpenError(CacheError, ConnectionError):
         # The default reduction would call cls(message), which does not match
         # our signature; without this the error can't cross process borders.
         return type(self), (self.name, self.state, self.retry_after, self.forced)
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use. The message is one line naming the variable.
+
+    Outside the CacheError tree: it stops start-up (or get_redis_pool()) and is never
+    raised by a call.
+    """

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from cachegate.rpc._decode import handler_factory
+from cachegate.v1 import admin_pb2
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -51,8 +53,13 @@ else:
     _Interceptor = grpc.ServerInterceptor
 
 Role = Literal["client", "admin"]
-ADMIN_PREFIX = "/cachegate.v1.AdminService/"
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Method paths are "/<service full name>/<method>"; the names come from the descriptors.
+ADMIN_PREFIX = f"/{admin_pb2.DESCRIPTOR.services_by_name['AdminService'].full_name}/"
+# Reflection by package: both of its versions (v1 and v1alpha) stay open.
+OPEN_PREFIXES = (
+    f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/",
+    "/grpc.reflection.",
+)
 MIN_TOKEN_LENGTH = 16
 # No ':' in tenant names: "a" + ":" + "b:x" must never equal "a:b" + ":" + "x".
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -20,6 +20,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from cachegate.rpc._status import UNDECODABLE
 from cachegate.rpc._wire import RequestLimit, limited
 
 __all__ = ["Undecodable", "add_service", "handler_factory", "undecodable_message"]
@@ -52,7 +53,7 @@ def _tolerant(message_class: type[Message]) -> Callable[[bytes], Message | Undec
 def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, undecodable_message(request))
+            context.abort(UNDECODABLE, undecodable_message(request))
         return behavior(request, context)
 
     return handler
@@ -63,7 +64,7 @@ def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def checked() -> Iterator[Any]:
             for request in requests:
                 if isinstance(request, Undecodable):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, undecodable_message(request))
+                    context.abort(UNDECODABLE, undecodable_message(request))
                 yield request
 
         return behavior(checked(), context)

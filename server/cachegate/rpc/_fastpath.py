@@ -1,24 +1,28 @@
 """The Pipeline read path without per-operation message objects.
 
 A batch of gets is the hot path of a cache. Reading `op.get.key` from a parsed
-PipelineRequest builds two wrapper objects and a str per operation (~0.25 µs,
-a quarter of the whole per-operation budget). Parsed instead as a message whose
+PipelineRequest builds two wrapper objects and a str per operation, a large share of
+the per-operation budget (docs/performance.md). Parsed instead as a message whose
 field 1 is `repeated bytes`, the same wire bytes give each operation's encoding
 in C; a get of a short key is then recognised and its key sliced out:
 
     Operation  = 0x0a L  GetOperation          (field 1 "get", length L)
     GetOperation = 0x0a K  key                  (field 1 "key", length K)
 
-so one operation is exactly `0a (K+2) 0a K <key>` with one-byte lengths. Any
-batch that is not entirely of that shape, or whose keys are not plain ASCII
-(valid UTF-8 for sure, as protobuf requires of a string), returns None and takes
-the ordinary path, which parses and validates everything.
+so one operation is exactly `0a (K+2) 0a K <key>` with one-byte lengths. Its key
+is checked by the key rule's cheap check for wire bytes (core/_keys.py): a length
+of 1..max_key_bytes, read here with the shape, and plain ASCII (valid UTF-8 for
+sure, as protobuf requires of a string). Any batch that is not entirely of that
+shape, or whose keys that check does not decide, returns None and takes the
+ordinary path, which parses everything and applies the full rule.
 """
 
 from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
+
+from cachegate.core import ascii_keys
 
 __all__ = ["get_only_keys"]
 
@@ -63,6 +67,6 @@ def get_only_keys(data: bytes, max_key_bytes: int) -> list[bytes] | None:
     ]
     if not keys or len(keys) != len(operations):
         return None
-    if not b"".join(keys).isascii():  # ASCII is valid UTF-8; anything else: full checks
+    if not ascii_keys(keys):  # anything but ASCII: the full rule
         return None
     return keys

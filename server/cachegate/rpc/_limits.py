@@ -1,13 +1,14 @@
 """Request validation against the configured limits.
 
-Keys are UTF-8 strings of 1..max_key_bytes bytes; values are bytes up to
-max_value_bytes; TTLs are whole seconds > 0 and at most MAX_TTL_SECONDS (what
-Redis accepts without overflowing its millisecond expiry time).
+Keys follow the one key rule (core/_keys.py: 1..max_key_bytes bytes of UTF-8, and
+the cheap checks that decide most keys before it); values are bytes up to
+max_value_bytes; TTLs are whole seconds > 0 and at most MAX_TTL_SECONDS (what Redis
+accepts without overflowing its millisecond expiry time).
 """
 
 from __future__ import annotations
 
-from cachegate.core import LimitSettings
+from cachegate.core import InvalidKeyError, LimitSettings, encode_key
 from cachegate.rpc._status import InvalidArgumentError
 
 __all__ = ["MAX_TTL_SECONDS", "check_key", "check_ttl", "check_value"]
@@ -17,15 +18,11 @@ MAX_TTL_SECONDS = 100 * 365 * 24 * 3600  # a century: far beyond any cache, far 
 
 
 def check_key(key: str, limits: LimitSettings, field: str = "key") -> bytes:
-    """The key as UTF-8 bytes, or InvalidArgumentError."""
-    if not key:
-        raise InvalidArgumentError(field, "must not be empty")
-    encoded = key.encode("utf-8", "surrogatepass")
-    if len(encoded) > limits.max_key_bytes:
-        raise InvalidArgumentError(
-            field, f"is {len(encoded)} bytes; the limit is {limits.max_key_bytes} bytes"
-        )
-    return encoded
+    """The key as UTF-8 bytes, or InvalidArgumentError naming `field`."""
+    try:
+        return encode_key(key, limits.max_key_bytes)
+    except InvalidKeyError as exc:
+        raise InvalidArgumentError(field, str(exc)) from None
 
 
 def check_value(value: bytes, limits: LimitSettings, field: str = "value") -> None:

@@ -64,8 +64,8 @@ BREAKER_STATE_VALUES: dict[str, int] = {
     CircuitState.OPEN.value: 2,
 }
 
-# A cached unary call takes ~200 µs, so Prometheus's default buckets (5 ms .. 10 s)
-# would put nearly every RPC in the first one. These start at 100 µs.
+# A cached unary call takes well under a millisecond, so Prometheus's default buckets
+# (5 ms .. 10 s) would put nearly every RPC in the first one; these start at 0.1 ms.
 HANDLING_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -132,8 +132,8 @@ class PrometheusObserver:
 
     The hot path is plain integers behind one lock, made into metric families when
     Prometheus scrapes (a custom collector): prometheus-client's Counter.inc() and
-    Histogram.observe() take a lock per value and walk the buckets in Python, ~4%
-    of a unary call's instructions (docs/performance.md).
+    Histogram.observe() take a lock per value and walk the buckets in Python, a
+    measurable part of a unary call's instructions (docs/performance.md).
     """
 
     __slots__ = ("_handled", "_handling", "_labels_of", "_lock", "_started", "_worker")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from cachegate.core import LimitSettings
+from cachegate.core import LimitSettings, short_key_chars
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, RedisReport, TooLarge
 from cachegate.rpc._admin import breaker_stats
 from cachegate.rpc._auth import Identity, TokenTable, caller_identity
@@ -270,9 +270,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         """The reply to a batch and the budget bytes it holds until it is sent."""
         operations = batch.operations
         size = len(operations)
-        # A key of at most this many characters is within the byte limit whatever it
-        # holds (UTF-8 takes at most 4 bytes a character): no encoding needed to check it.
-        short_key = self._limits.max_key_bytes // 4
+        # The key rule's cheap check (core/_keys.py): a short key needs no encoding.
+        short_key = short_key_chars(self._limits.max_key_bytes)
         outcomes = [pb.OUTCOME_UNSPECIFIED] * size
         values = [b""] * size
         errors: list[tuple[int, int, str]] = []

@@ -1,20 +1,11 @@
-"""The one mapping from what went wrong to a gRPC status. Documented in README.md, "Errors".
+"""The one mapping from what went wrong to a gRPC status.
 
-| condition                                  | status              | details              |
-|--------------------------------------------|---------------------|----------------------|
-| bad key, value, TTL or batch size          | INVALID_ARGUMENT    | google.rpc.BadRequest|
-| breaker open (Redis not touched)           | UNAVAILABLE         | google.rpc.RetryInfo |
-| breaker forced open by an operator         | UNAVAILABLE         | (no RetryInfo)       |
-| server shutting down (SIGTERM)             | UNAVAILABLE         |                      |
-| Redis refused / reset / down               | UNAVAILABLE         |                      |
-| Redis too slow, or the caller's deadline   | DEADLINE_EXCEEDED   |                      |
-| no pool connection within the wait timeout | RESOURCE_EXHAUSTED  |                      |
-| too many streams / RPCs                    | RESOURCE_EXHAUSTED  |                      |
-| Redis at maxmemory refuses a write (OOM)   | RESOURCE_EXHAUSTED  |                      |
-| Redis rejected the command (WRONGTYPE)     | FAILED_PRECONDITION |                      |
-
-Anything else is a bug and gives INTERNAL with a generic message (the details
-go to the log, never to the caller).
+`status_for` maps each known exception to its status and details; the two
+conditions met where no exception is raised take their codes from UNDECODABLE and
+STREAM_IDLE below. README.md's "Errors" table describes the mapping for users
+(tests/unit/test_error_table.py checks it row by row against this module).
+Anything else is a bug and gives INTERNAL with a generic message (the details go
+to the log, never to the caller).
 """
 
 from __future__ import annotations
@@ -39,6 +30,8 @@ from cachegate.pool import (
 
 __all__ = [
     "INTERNAL",
+    "STREAM_IDLE",
+    "UNDECODABLE",
     "InvalidArgumentError",
     "Rejection",
     "ShuttingDownError",
@@ -47,6 +40,13 @@ __all__ = [
     "code_number",
     "status_for",
 ]
+
+
+# Request bytes that do not decode as the method's message (_decode.py; a Pipeline
+# batch raises InvalidArgumentError instead, which names the field).
+UNDECODABLE = grpc.StatusCode.INVALID_ARGUMENT
+# A Pipeline stream the server ends for waiting too long for a batch (_streams.py).
+STREAM_IDLE = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)

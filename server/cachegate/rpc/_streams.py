@@ -37,7 +37,7 @@ from typing import TypeVar
 import grpc
 
 from cachegate.rpc._endcall import end_call
-from cachegate.rpc._status import TooBusyError
+from cachegate.rpc._status import STREAM_IDLE, TooBusyError
 
 __all__ = ["OpenStream", "StreamGate", "caller_of", "status_closer"]
 
@@ -66,8 +66,8 @@ def caller_of(peer: str, tenant: str | None) -> str:
 
 
 def status_closer(context: grpc.ServicerContext) -> Close:
-    """A way to end this call from another thread with RESOURCE_EXHAUSTED and a message."""
-    return lambda message: end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    """A way to end this call from another thread with STREAM_IDLE and a message."""
+    return lambda message: end_call(context, STREAM_IDLE, message)
 
 
 class OpenStream:

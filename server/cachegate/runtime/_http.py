@@ -21,9 +21,10 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from cachegate.core import parse_address
 from cachegate.runtime._httpserver import BoundedHttpServer
 
-__all__ = ["HttpListenError", "HttpSidePort", "split_listen"]
+__all__ = ["HttpListenError", "HttpSidePort"]
 
 log = logging.getLogger("cachegate.http")
 
@@ -32,12 +33,6 @@ _JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
 class HttpListenError(OSError):
     """The side port's address is taken or unusable."""
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """ "host:port" or "[v6]:port" -> (host, port)."""
-    host, _, port = listen.strip().rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class HttpSidePort:
@@ -52,14 +47,14 @@ class HttpSidePort:
         max_connections: int = 64,
         read_timeout: float = 5.0,
     ) -> None:
-        host, port = split_listen(listen)
+        where = parse_address(listen, listen=True)
         self._metrics_app = make_wsgi_app(registry)
         self._scraping = threading.Lock()
         self._health = health
         try:
             self._server = BoundedHttpServer(
-                host,
-                port,
+                where.host,
+                where.port,
                 self._app,
                 max_connections=max_connections,
                 read_timeout=read_timeout,

@@ -2,10 +2,9 @@
 
 grpc's sync server runs every RPC on a thread of the executor it is given. The usual
 choice, a thread per RPC in flight, wakes a sleeping thread for nearly every call,
-and on this kind of machine each wake-up is a context switch that costs more than
-the call's own work (docs/performance.md: c=64 unary Gets cost ~180 µs of CPU per
-call on 64 threads, ~146 µs on 8). A small pool lets a thread that finishes a call
-take the next one without sleeping.
+and each wake-up is a context switch that can cost more than the call's own work
+(docs/performance.md, "Why each mechanism exists"). A small pool lets a thread that
+finishes a call take the next one without sleeping.
 
 A fixed small pool would starve, though: a Pipeline stream holds its thread for its
 whole life, a hanging Redis holds unary calls up to their deadlines, and a slow or
@@ -21,8 +20,8 @@ and more threads would only contend for it. A thread above `core` leaves once th
 held calls it was started for have ended (after a call, when more than `core`
 threads are free), or after `idle_exit` seconds without work.
 
-Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (a Python
-Condition per hand-off measured ~15 µs more per call); the held-thread check runs on
+Calls queue on the C `queue.SimpleQueue` the stdlib pool also uses (no Python-level
+lock per hand-off, where a Condition measured dearer); the held-thread check runs on
 a watcher thread that wakes every `2 * blocked_after` while the pool is busy and
 reads the process's CPU time to tell the two kinds of busy apart (`CpuGauge`).
 
@@ -48,10 +47,10 @@ from typing import Any, ParamSpec, TypeVar
 __all__ = ["CPU_ROOM", "CPU_SMOOTHING", "CpuGauge", "RpcThreadPool"]
 
 # The process counts as leaving CPU time unused while the CPU time it used, averaged
-# over the last ticks, stays below this part of the CPU it may use (`cpu_share`). A
-# saturated worker used 65-100% of its share, one serving a slow Redis (drill 10)
-# 30-60% (docs/performance.md); single ticks fell as low as 0% even when saturated,
-# which is why one tick alone decides nothing.
+# over the last ticks, stays below this part of the CPU it may use (`cpu_share`): a
+# saturated worker and one serving a slow Redis (drill 10) fall on either side of it
+# (docs/performance.md has the figures). Single ticks can look idle even when
+# saturated, which is why one tick alone decides nothing.
 CPU_ROOM = 0.5
 # Weight of the newest tick in that average: about the last five ticks count.
 CPU_SMOOTHING = 0.3

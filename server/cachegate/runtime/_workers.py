@@ -58,7 +58,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Protocol
 
-from cachegate.core import Config, ConfigError
+from cachegate.core import Config, ConfigError, parse_address
 from cachegate.runtime._board import Board, WorkerBoard
 from cachegate.runtime._cpus import CpuQuota, available_cpus, process_cpu_share, worker_count
 from cachegate.runtime._restarts import RestartPolicy
@@ -191,33 +191,24 @@ def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None)
     )
 
 
-def _split(listen: str) -> tuple[str, int]:
-    host, _, port = listen.strip().rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _http_listen(config: Config, worker_id: int) -> str | None:
     if config.server.http_listen is None:
         return None
-    host, port = _split(config.server.http_listen)
-    return _join(host, port + worker_id)
+    side = parse_address(config.server.http_listen, listen=True)
+    return str(replace(side, port=side.port + worker_id))
 
 
 def check_worker_mode(config: Config, plan: WorkerPlan) -> None:
     """Settings that make sense for one process but not for several: ConfigError."""
     n = plan.workers
-    _, port = _split(config.server.listen)
+    port = parse_address(config.server.listen, listen=True).port
     if port == 0:
         raise ConfigError(
             f"CACHEGATE_LISTEN={config.server.listen!r}: port 0 cannot be shared by {n} "
             "workers (each would get its own port); choose a port or set CACHEGATE_WORKERS=1"
         )
     if config.server.http_listen is not None:
-        _, http_port = _split(config.server.http_listen)
+        http_port = parse_address(config.server.http_listen, listen=True).port
         if http_port == 0:
             raise ConfigError(
                 f"CACHEGATE_HTTP_LISTEN={config.server.http_listen!r}: port 0 with {n} workers "
@@ -253,10 +244,10 @@ def ensure_free(listen: str, what: str) -> None:
     with or without SO_REUSEPORT. SO_REUSEADDR is set so that connections of a
     previous run lingering in TIME_WAIT do not count (gRPC sets it as well).
     """
-    host, port = _split(listen)
+    where = parse_address(listen, listen=True)
     try:
         infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            where.host, where.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {listen} ({what}): {exc}") from exc
