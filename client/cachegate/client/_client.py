@@ -11,10 +11,12 @@ from typing import Any, Literal, TypeVar
 import grpc
 
 from cachegate.client._errors import error_for, from_rpc_error, status_code
+from cachegate.client._invalidations import InvalidationStream
 from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
 from cachegate.client._wire import decode_health_response, encode_health_request
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
+from cachegate.v1 import invalidation_pb2, invalidation_pb2_grpc
 
 __all__ = ["DEFAULT_TARGET", "SERVICE_NAME", "CacheClient", "HealthStatus"]
 
@@ -120,6 +122,7 @@ class CacheClient:
         else:
             self._channel = grpc.insecure_channel(self.target, channel_options)
         self._stub = pb_grpc.CacheServiceStub(self._channel)
+        self._invalidations = invalidation_pb2_grpc.InvalidationServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=None,
@@ -178,6 +181,22 @@ class CacheClient:
             raise from_rpc_error(exc) from exc
         finally:
             call.cancel()  # a consumer that stops early must not leave the stream open
+
+    # --- invalidations ---------------------------------------------------------------
+
+    def invalidations(
+        self,
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> InvalidationStream:
+        """Subscribe to changes of `keys` and keys starting with `prefixes` (neither:
+        every key). No deadline unless `timeout` is given: the stream lasts until
+        cancelled. A NearCache given to RedisCache subscribes on its own (see _feed)."""
+        request = invalidation_pb2.SubscribeRequest(keys=keys, prefixes=prefixes)
+        call = self._invalidations.Subscribe(request, timeout=timeout, metadata=self._metadata)
+        return InvalidationStream(call)
 
     # --- operations ----------------------------------------------------------------
 

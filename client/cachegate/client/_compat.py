@@ -21,6 +21,7 @@ from typing import Any
 
 from cachegate.client._client import SERVICE_NAME, CacheClient
 from cachegate.client._errors import CacheClientError
+from cachegate.client._feed import NearCacheFeed
 from cachegate.client._near import NearCache
 from cachegate.v1 import cache_pb2 as pb
 
@@ -73,18 +74,23 @@ class RedisCache:
         client: CacheClient | None = None,
         timeout: float = 5.0,
         token: str | None = None,
+        invalidations: bool = True,
     ) -> None:
         self.client = client or CacheClient(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
+        # The near cache follows the server's invalidations (see _feed.py); without
+        # them (invalidations=False) only its TTL bounds how stale it gets.
+        self.feed: NearCacheFeed | None = None
+        if near_cache is not None and invalidations:
+            self.feed = NearCacheFeed(self.client, near_cache).start()
 
     def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
-        value = self.near_cache.get(key) if self.near_cache else None
-        if value is None:
+        if self.near_cache is not None:
+            value = self.near_cache.get_or_load(key, lambda: self.client.get(key))
+        else:
             value = self.client.get(key)
-            if value is not None and self.near_cache:
-                self.near_cache.put(key, value)
         if value is None or not self.decode_responses:
             return value
         return value.decode("utf-8")
@@ -95,7 +101,9 @@ class RedisCache:
         if self.near_cache:
             self.near_cache.invalidate(key)  # even if the write fails: no stale hit after
         self.client.set_ex(key, data, ttl)
-        if self.near_cache:
+        if self.near_cache and self.feed is None:
+            # With a feed the write's own invalidation follows at once: a value put
+            # here would be dropped by it, or could outlive a write made in between.
             self.near_cache.put(key, data, ttl)
         return True
 
@@ -143,6 +151,8 @@ class RedisCache:
         return report
 
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
         self.client.close()
 
 

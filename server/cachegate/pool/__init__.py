@@ -22,11 +22,13 @@ from cachegate.pool._errors import (
 )
 from cachegate.pool._global import close_redis_pool, get_redis_pool
 from cachegate.pool._pool import RedisConnectionPool
+from cachegate.pool._tracking import InvalidationTracker, TrackingListener, tracker_for
 
 __all__ = [
     "CacheError",
     "CircuitOpenError",
     "CommandError",
+    "InvalidationTracker",
     "PartialRead",
     "PoolExhaustedError",
     "RedisConnectionPool",
@@ -34,6 +36,8 @@ __all__ = [
     "RedisTimeoutError",
     "RedisUnavailableError",
     "TooLarge",
+    "TrackingListener",
     "close_redis_pool",
     "get_redis_pool",
+    "tracker_for",
 ]

@@ -28,12 +28,13 @@ from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
 from cachegate.rpc._commands import BreakerCommands
 from cachegate.rpc._decode import add_service
 from cachegate.rpc._health import HealthReporter
+from cachegate.rpc._invalidations import InvalidationServicer
 from cachegate.rpc._observe import RpcObserver
 from cachegate.rpc._reflection import enable_reflection
 from cachegate.rpc._servicer import CacheServicer
 from cachegate.rpc._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.rpc._wire import request_limits
-from cachegate.v1 import admin_pb2, cache_pb2
+from cachegate.v1 import admin_pb2, cache_pb2, invalidation_pb2
 
 __all__ = [
     "AddressInUseError",
@@ -113,6 +114,7 @@ class CacheServer:
     threads: RpcExecutor
     servicer: CacheServicer
     _stopped: threading.Event = field(default_factory=threading.Event)
+    invalidations: InvalidationServicer | None = None
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -123,6 +125,8 @@ class CacheServer:
         the calls running now to end. Returns how many are still running then."""
         self.health.shutdown()
         self.servicer.drain()
+        if self.invalidations is not None:  # subscribers would hold the grace to its end
+            self.invalidations.drain()
         since = self.threads.now()
         end = time.monotonic() + grace
         while (running := self.threads.running_before(since)) and time.monotonic() < end:
@@ -155,6 +159,8 @@ class CacheServer:
             if not self.grpc_server.stop(0).wait(STOP_MARGIN):
                 log.warning("the gRPC server did not stop in time")
             self.threads.shutdown(wait=False)
+        if self.invalidations is not None:
+            self.invalidations.close()  # its tracker's connections before the pool's
         self.pool.close()
 
     def wait(self) -> None:
@@ -282,8 +288,14 @@ def create_server(
         raw=frozenset({"Pipeline"}),
         limits=request_limits(limits),
     )
+    invalidations = InvalidationServicer(pool, limits, servicer.streams, tokens)
+    invalidation_service = invalidation_pb2.DESCRIPTOR.services_by_name["InvalidationService"]
+    add_service(  # the servicer answers undecodable requests itself
+        server, invalidation_service, _behaviors(invalidations, invalidation_service), guarded=False
+    )
     services = [
         cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
+        invalidation_service.full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     ]
     if tokens is not None:  # admin RPCs exist only where callers are authenticated
@@ -317,4 +329,7 @@ def create_server(
             "auth": f"{len(tokens)} tokens" if tokens else "off",
         },
     )
-    return CacheServer(server, port, pool, health, config, threads, servicer), port
+    built = CacheServer(
+        server, port, pool, health, config, threads, servicer, invalidations=invalidations
+    )
+    return built, port
