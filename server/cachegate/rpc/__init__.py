@@ -7,7 +7,8 @@ Stats, with its fast path `_fastpath`, fair streams `_streams`, the memory budge
 `_budget` and bounded replies `_replies`, `_sendwatch`), and the one mapping of
 errors to gRPC status codes (`_status`). Beside it: health (`_health`), reflection
 (`_reflection`), admin RPCs (`_admin`, `_commands`), TLS (`_tls`) and metrics
-(`_metrics`, `_observe`). `create_server` assembles it from parts it is given; the
+(`_metrics`, `_observe`), and InvalidationService (`_invalidations`, its fan-out
+`_fanout`). `create_server` assembles it from parts it is given; the
 process runtime (`cachegate.runtime`) makes those parts and hosts it.
 """
 
