@@ -15,7 +15,7 @@ def hub(tenants: set[str] | None = None, limit: int = 100) -> InvalidationHub:
 def subscribed(h: InvalidationHub, *args: object, **kwargs: object) -> Subscriber:
     """A subscriber that has taken its first reset (a pending reset covers every key)."""
     made = h.subscribe(*args, **kwargs)  # type: ignore[arg-type]
-    assert made.take(0) == Batch((), "subscribed")
+    assert made.take(0) == Batch((), "subscribed", True)
     return made
 
 
@@ -68,7 +68,7 @@ def test_a_subscriber_that_falls_behind_gets_a_reset_then_is_closed() -> None:
     h.changed([b"1", b"2", b"3", b"4"])  # one past the bound: a reset instead of keys
     h.changed([b"5"])  # a pending reset covers later keys too
     assert not closed
-    assert drain(s) == [Batch((), "fell behind")]
+    assert drain(s) == [Batch((), "fell behind", True)]
     h.changed([b"1", b"2", b"3", b"4"])  # behind again, and it reads no more:
     h.changed([b"5", b"6", b"7"])
     assert not closed
@@ -79,15 +79,26 @@ def test_a_subscriber_that_falls_behind_gets_a_reset_then_is_closed() -> None:
     assert s.take(0) is None
 
 
+def test_resets_say_whether_the_server_tracks() -> None:
+    h = hub(None)
+    s = subscribed(h, None, (), (), lambda _: None)
+    h.reset("tracking lost: gone", tracking=False)
+    assert drain(s) == [Batch((), "tracking lost: gone", False)]
+    h.reset("tracking resumed", tracking=True)
+    assert drain(s) == [Batch((), "tracking resumed", True)]
+    late = h.subscribe(None, (), (), lambda _: None)
+    assert late.take(0) == Batch((), "subscribed", True)
+
+
 def test_no_first_reset_until_tracking_starts_and_a_reset_replaces_queued_keys() -> None:
     h = InvalidationHub(None, 100, 1024, start=lambda: None)
     s = h.subscribe(None, (), (), lambda _: None)
     assert s.take(0) is None  # not tracking yet: nothing promised
     h.reset("subscribed", tracking=True)
-    assert drain(s) == [Batch((), "subscribed")]
+    assert drain(s) == [Batch((), "subscribed", True)]
     h.changed([b"k"])
     h.reset("redis flushed", tracking=True)  # replaces the queued keys
-    assert drain(s) == [Batch((), "redis flushed")]
+    assert drain(s) == [Batch((), "redis flushed", True)]
     h.unsubscribe(s)
     assert h.count() == 0
 

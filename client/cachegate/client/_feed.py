@@ -60,7 +60,7 @@ class NearCacheFeed:
 
     @property
     def live(self) -> bool:
-        """True while a stream is open and the server has said it tracks changes."""
+        """True while a stream is open and the server says it hears every change."""
         return self._live.is_set()
 
     def wait_live(self, timeout: float) -> bool:
@@ -89,7 +89,10 @@ class NearCacheFeed:
                 for event in stream:
                     if event.kind == "reset":
                         self._near.clear()
-                        self._live.set()
+                        if event.tracking:
+                            self._live.set()
+                        else:  # entries age out by their TTL until tracking is back
+                            self._live.clear()
                         delivered = True
                     else:
                         self._near.invalidate_many(event.keys)

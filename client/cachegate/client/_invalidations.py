@@ -24,11 +24,16 @@ __all__ = ["Invalidation", "InvalidationStream"]
 
 @dataclass(frozen=True, slots=True)
 class Invalidation:
-    """One event: `keys` changed ("keys"), or anything may have changed ("reset")."""
+    """One event: `keys` changed ("keys"), or anything may have changed ("reset").
+
+    A reset's `tracking` says whether the server hears every change from then on
+    (False: it lost its tracking; a reset with True follows once it is back).
+    """
 
     kind: Literal["keys", "reset"]
     keys: tuple[str, ...] = ()
     reason: str = ""
+    tracking: bool = False
 
 
 class InvalidationStream:
@@ -46,7 +51,7 @@ class InvalidationStream:
         try:
             for event in self._call:
                 if event.kind == pb.INVALIDATION_KIND_RESET:
-                    yield Invalidation("reset", reason=event.reason)
+                    yield Invalidation("reset", reason=event.reason, tracking=event.tracking)
                 elif event.kind == pb.INVALIDATION_KIND_KEYS:
                     yield Invalidation("keys", tuple(event.keys))
                 # a kind this client does not know: ignore, as proto3 readers do

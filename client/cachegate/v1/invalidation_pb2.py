@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61\x63hegate/v1/invalidation.proto\x12\x0c\x63\x61\x63hegate.v1\"2\n\x10SubscribeRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x10\n\x08prefixes\x18\x02 \x03(\t\"_\n\x11SubscribeResponse\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cachegate.v1.InvalidationKind\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t*n\n\x10InvalidationKind\x12!\n\x1dINVALIDATION_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16INVALIDATION_KIND_KEYS\x10\x01\x12\x1b\n\x17INVALIDATION_KIND_RESET\x10\x02\x32\x65\n\x13InvalidationService\x12N\n\tSubscribe\x12\x1e.cachegate.v1.SubscribeRequest\x1a\x1f.cachegate.v1.SubscribeResponse0\x01\x42T\n\x10\x64\x65v.cachegate.v1P\x01Z>github.com/cachegate/cachegate/gen/go/cachegate/v1;cachegatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x61\x63hegate/v1/invalidation.proto\x12\x0c\x63\x61\x63hegate.v1\"2\n\x10SubscribeRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x10\n\x08prefixes\x18\x02 \x03(\t\"q\n\x11SubscribeResponse\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cachegate.v1.InvalidationKind\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08tracking\x18\x04 \x01(\x08*n\n\x10InvalidationKind\x12!\n\x1dINVALIDATION_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16INVALIDATION_KIND_KEYS\x10\x01\x12\x1b\n\x17INVALIDATION_KIND_RESET\x10\x02\x32\x65\n\x13InvalidationService\x12N\n\tSubscribe\x12\x1e.cachegate.v1.SubscribeRequest\x1a\x1f.cachegate.v1.SubscribeResponse0\x01\x42T\n\x10\x64\x65v.cachegate.v1P\x01Z>github.com/cachegate/cachegate/gen/go/cachegate/v1;cachegatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cachegate.v1.invalidation_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.cachegate.v1P\001Z>github.com/cachegate/cachegate/gen/go/cachegate/v1;cachegatev1'
-  _globals['_INVALIDATIONKIND']._serialized_start=198
-  _globals['_INVALIDATIONKIND']._serialized_end=308
+  _globals['_INVALIDATIONKIND']._serialized_start=216
+  _globals['_INVALIDATIONKIND']._serialized_end=326
   _globals['_SUBSCRIBEREQUEST']._serialized_start=49
   _globals['_SUBSCRIBEREQUEST']._serialized_end=99
   _globals['_SUBSCRIBERESPONSE']._serialized_start=101
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=196
-  _globals['_INVALIDATIONSERVICE']._serialized_start=310
-  _globals['_INVALIDATIONSERVICE']._serialized_end=411
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=214
+  _globals['_INVALIDATIONSERVICE']._serialized_start=328
+  _globals['_INVALIDATIONSERVICE']._serialized_end=429
 # @@protoc_insertion_point(module_scope)

@@ -25,11 +25,13 @@ class SubscribeRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ..., prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("kind", "keys", "reason")
+    __slots__ = ("kind", "keys", "reason", "tracking")
     KIND_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     kind: InvalidationKind
     keys: _containers.RepeatedScalarFieldContainer[str]
     reason: str
-    def __init__(self, kind: _Optional[_Union[InvalidationKind, str]] = ..., keys: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    tracking: bool
+    def __init__(self, kind: _Optional[_Union[InvalidationKind, str]] = ..., keys: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., tracking: _Optional[bool] = ...) -> None: ...

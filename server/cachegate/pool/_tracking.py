@@ -93,7 +93,7 @@ class InvalidationTracker:
             self._thread = threading.Thread(target=self._run, name="invalidations", daemon=True)
             self._thread.start()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 1.0) -> None:
         self._stop.set()
         with self._lock:
             thread = self._thread

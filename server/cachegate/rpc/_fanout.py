@@ -36,6 +36,7 @@ class Batch:
 
     keys: tuple[str, ...]
     reset: str | None = None
+    tracking: bool = False  # for a reset: does the server hear every change from now on?
 
 
 class Subscriber:
@@ -58,6 +59,7 @@ class Subscriber:
         self._cond = threading.Condition(threading.Lock())
         self._queued: dict[str, None] = {}  # insertion-ordered set
         self._reset: str | None = None
+        self._tracking = True
         self._behind = False  # a reset for falling behind is waiting to be taken
         self._missed = 0  # keys offered since then
         self._ended: str | None = None
@@ -78,6 +80,7 @@ class Subscriber:
                 if len(self._queued) > self._limit:
                     self._queued.clear()
                     self._reset, self._behind, self._missed = "fell behind", True, 0
+                    self._tracking = True  # keys come only while the server tracks
             elif self._behind:  # keys it missed since it fell behind, counted not kept
                 self._missed += len(wanted)
             if self._behind and self._missed > self._limit:  # a second overflow, unread
@@ -91,11 +94,12 @@ class Subscriber:
         if closing is not None:
             self._close(closing)
 
-    def reset(self, reason: str) -> None:
+    def reset(self, reason: str, tracking: bool = True) -> None:
         with self._cond:
             self._queued.clear()
             if self._reset is None or not self._behind:
                 self._reset = reason
+            self._tracking = tracking
             self._cond.notify()
 
     def end(self, message: str) -> None:
@@ -123,7 +127,7 @@ class Subscriber:
                 return None
             if self._reset is not None:
                 reason, self._reset, self._behind = self._reset, None, False
-                return Batch((), reason)
+                return Batch((), reason, self._tracking)
             if not self._queued:
                 return None
             if len(self._queued) <= MAX_KEYS_PER_EVENT:
@@ -230,4 +234,4 @@ class InvalidationHub:
             self._tracking = tracking
             everyone = [s for group in self._subscribers.values() for s in group]
         for subscriber in everyone:
-            subscriber.reset(reason)
+            subscriber.reset(reason, tracking)

@@ -104,11 +104,14 @@ class InvalidationServicer(pb_grpc.InvalidationServiceServicer):
             while True:
                 batch = subscriber.take(_WAKE)
                 if batch is None:
-                    if subscriber.ended is not None:
+                    # add_callback does nothing for a call already over: is_active backs it.
+                    if subscriber.ended is not None or not context.is_active():
                         break
                     continue
                 if batch.reset is not None:
-                    yield pb.SubscribeResponse(kind=_RESET, reason=batch.reset)
+                    yield pb.SubscribeResponse(
+                        kind=_RESET, reason=batch.reset, tracking=batch.tracking
+                    )
                 else:
                     yield pb.SubscribeResponse(kind=_KEYS, keys=batch.keys)
         finally:
