@@ -235,7 +235,9 @@ def test_health_and_watch(memory_server: RunningServer) -> None:
 def test_near_cache_bounds_staleness_and_sees_own_writes(memory_server: RunningServer) -> None:
     now = [0.0]
     near = NearCache(maxsize=2, ttl=5.0, clock=lambda: now[0])
-    cache = RedisCache(memory_server.target, near_cache=near)
+    # Without the invalidation feed, the TTL alone bounds staleness (the feed's own
+    # tests are in test_invalidations.py).
+    cache = RedisCache(memory_server.target, near_cache=near, invalidations=False)
     other = CacheClient(memory_server.target)
     cache.set("k", b"v1")
     assert cache.get("k") == b"v1"  # from the near cache (put by the write)

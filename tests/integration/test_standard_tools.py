@@ -22,6 +22,7 @@ BIN = Path(sys.executable).parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CACHE = "cachegate.v1.CacheService"
+INVALIDATIONS = "cachegate.v1.InvalidationService"
 VERSIONS = ("grpc.reflection.v1", "grpc.reflection.v1alpha")
 
 
@@ -101,7 +102,12 @@ def leading_comment(file: descriptor_pb2.FileDescriptorProto, path: list[int]) -
 def test_reflection_lists_the_services(memory_server: RunningServer, version: str) -> None:
     reply = reflect(memory_server.channel, version, list_services="")
     names = {service.name for service in reply.list_services_response.service}
-    assert names == {CACHE, "grpc.health.v1.Health", *(f"{v}.ServerReflection" for v in VERSIONS)}
+    assert names == {
+        CACHE,
+        INVALIDATIONS,
+        "grpc.health.v1.Health",
+        *(f"{v}.ServerReflection" for v in VERSIONS),
+    }
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -173,6 +179,7 @@ def test_grpcurl_lists_describes_and_calls(memory_server: RunningServer) -> None
     target = memory_server.target
     assert set(run([*grpcurl, target, "list"]).split()) == {
         CACHE,
+        INVALIDATIONS,
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

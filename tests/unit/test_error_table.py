@@ -26,6 +26,7 @@ from cachegate.pool import (
 from cachegate.rpc._status import (
     INTERNAL,
     STREAM_IDLE,
+    SUBSCRIBER_BEHIND,
     UNDECODABLE,
     InvalidArgumentError,
     Rejection,
@@ -83,6 +84,9 @@ CONDITIONS: dict[str, Callable[[], Rejection]] = {
         TooBusyError("too many streams")
     ),
     "a Pipeline stream idle for CACHEGATE_STREAM_IDLE_SECONDS": _code(STREAM_IDLE),
+    'an invalidation subscriber that does not read (see "Invalidations and the near cache")': (
+        _code(SUBSCRIBER_BEHIND)
+    ),
     "Redis at maxmemory refuses a write (OOM)": _from(RedisOutOfMemoryError("OOM")),
     "Redis rejected the command (e.g. WRONGTYPE)": _from(CommandError("WRONGTYPE")),
     "anything else (a bug)": _from(RuntimeError("a bug")),

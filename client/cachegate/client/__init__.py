@@ -2,7 +2,8 @@
 
 - `CacheClient`: the typed client (get, set_ex, delete, pipeline, stream, stats, health).
 - `RedisCache`: the migration guide's compatibility API (one import to change).
-- `NearCache`: an opt-in local cache with bounded size and staleness.
+- `NearCache`: an opt-in local cache with bounded size and staleness, kept coherent
+  by the server's invalidations (`NearCacheFeed`, `CacheClient.invalidations`).
 - Operations `Get`, `SetEx`, `Delete` and their `Result`s for pipelines.
 - Exceptions, mapped from gRPC status codes in `cachegate.client._errors`.
 
@@ -21,6 +22,8 @@ from cachegate.client._errors import (
     ResourceExhaustedError,
     ServerError,
 )
+from cachegate.client._feed import NearCacheFeed
+from cachegate.client._invalidations import Invalidation, InvalidationStream
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache, NearCacheStats
 from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
@@ -37,7 +40,10 @@ __all__ = [
     "Get",
     "HealthStatus",
     "InvalidRequestError",
+    "Invalidation",
+    "InvalidationStream",
     "NearCache",
+    "NearCacheFeed",
     "NearCacheStats",
     "Operation",
     "RedisCache",

@@ -10,6 +10,7 @@ import grpc
 
 from cachegate.client._channel import ClientBase
 from cachegate.client._errors import from_rpc_error
+from cachegate.client._invalidations import InvalidationStream
 from cachegate.client._messages import (
     HEALTH_CHECK_METHOD,
     HEALTH_WATCH_METHOD,
@@ -23,6 +24,7 @@ from cachegate.client._messages import (
 from cachegate.client._ops import Operation, Result
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
+from cachegate.v1 import invalidation_pb2, invalidation_pb2_grpc
 
 __all__ = ["CacheClient"]
 
@@ -46,6 +48,7 @@ class CacheClient(ClientBase[grpc.Channel]):
         # No (de)serializers: the health messages travel as bytes (see _wire).
         self._health_check = self._channel.unary_unary(HEALTH_CHECK_METHOD, None, None)
         self._health_watch = self._channel.unary_stream(HEALTH_WATCH_METHOD, None, None)
+        self._invalidations = invalidation_pb2_grpc.InvalidationServiceStub(self._channel)
 
     # --- single keys ---------------------------------------------------------------
 
@@ -93,6 +96,22 @@ class CacheClient(ClientBase[grpc.Channel]):
             raise from_rpc_error(exc) from exc
         finally:
             call.cancel()  # a consumer that stops early must not leave the stream open
+
+    # --- invalidations ---------------------------------------------------------------
+
+    def invalidations(
+        self,
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> InvalidationStream:
+        """Subscribe to changes of `keys` and keys starting with `prefixes` (neither:
+        every key). No deadline unless `timeout` is given: the stream lasts until
+        cancelled. A NearCache given to RedisCache subscribes on its own (see _feed)."""
+        request = invalidation_pb2.SubscribeRequest(keys=keys, prefixes=prefixes)
+        call = self._invalidations.Subscribe(request, timeout=timeout, metadata=self._metadata)
+        return InvalidationStream(call)
 
     # --- operations ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 from cachegate.client._channel import SERVICE_NAME
 from cachegate.client._client import CacheClient
 from cachegate.client._errors import CacheClientError
+from cachegate.client._feed import NearCacheFeed
 from cachegate.client._legacy import (
     HEALTH_KEYS,
     LegacyCache,
@@ -29,6 +30,7 @@ from cachegate.client._legacy import (
     health_report,
     unreachable_report,
 )
+from cachegate.client._near import NearCache
 
 __all__ = ["HEALTH_KEYS", "RedisCache"]
 
@@ -42,12 +44,14 @@ class RedisCache(LegacyCache[CacheClient]):
 
     client_type = CacheClient
 
+    def _follow(self, near_cache: NearCache) -> NearCacheFeed:
+        return NearCacheFeed(self.client, near_cache).start()
+
     def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
-        cached = self._cached(key)
-        if cached is not None:
-            return self._decode(cached)
-        return self._read(key, self.client.get(key))
+        if self.near_cache is None:
+            return self._decode(self.client.get(key))
+        return self._decode(self.near_cache.get_or_load(key, lambda: self.client.get(key)))
 
     def set(self, key: str, value: bytes | str | int | float, ttl: int = 3600) -> bool:
         """Store `value` for `ttl` seconds (the guide's default: one hour)."""
@@ -72,4 +76,6 @@ class RedisCache(LegacyCache[CacheClient]):
         return health_report(stats, serving)
 
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
         self.client.close()

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from cachegate.client._channel import ClientBase
 from cachegate.client._errors import CacheClientError
+from cachegate.client._feed import NearCacheFeed
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache
 from cachegate.v1 import cache_pb2 as pb
@@ -90,21 +91,20 @@ class LegacyCache(Generic[ClientT]):
         client: ClientT | None = None,
         timeout: float = 5.0,
         token: str | None = None,
+        invalidations: bool = True,
     ) -> None:
         self.client = client or self.client_type(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
+        # The near cache follows the server's invalidations (see _feed.py) where the
+        # client can (`_follow`); without them only its TTL bounds how stale it gets.
+        self.feed: NearCacheFeed | None = None
+        if near_cache is not None and invalidations:
+            self.feed = self._follow(near_cache)
 
-    def _cached(self, key: str) -> bytes | None:
-        """The near cache's value for `key`: None means ask the server."""
-        return self.near_cache.get(key) if self.near_cache else None
-
-    def _read(self, key: str, value: bytes | None) -> Any:
-        """What get() returns for a value the server gave now (or None), remembered when
-        found. A near-cache hit is not remembered again: that would extend its life."""
-        if value is not None and self.near_cache:
-            self.near_cache.put(key, value)
-        return self._decode(value)
+    def _follow(self, near_cache: NearCache) -> NearCacheFeed | None:
+        """Start the near cache's invalidation feed; None where there is none."""
+        return None
 
     def _decode(self, value: bytes | None) -> Any:
         if value is None or not self.decode_responses:
@@ -117,7 +117,9 @@ class LegacyCache(Generic[ClientT]):
             self.near_cache.invalidate(key)
 
     def _written(self, key: str, data: bytes, ttl: int) -> bool:
-        if self.near_cache:
+        if self.near_cache and self.feed is None:
+            # With a feed the write's own invalidation follows at once: a value put
+            # here would be dropped by it, or could outlive a write made in between.
             self.near_cache.put(key, data, ttl)
         return True
 

@@ -150,6 +150,8 @@ class LimitSettings:
     memory_budget_bytes: int = 128 * 1024 * 1024
     # How long one Pipeline reply may wait for a caller that does not read it.
     send_timeout: float = 10.0
+    # Distinct keys queued for one invalidation subscriber (rpc/_fanout.py).
+    invalidation_queue: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +398,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_STREAM_IDLE_SECONDS", "limits", "stream_idle_seconds", "30",
             "a Pipeline stream with no batch for this long is closed (RESOURCE_EXHAUSTED) "
             "and its slot freed; 0 = never", _float()),
+    Setting("CACHEGATE_INVALIDATION_QUEUE", "limits", "invalidation_queue", "10000",
+            "distinct changed keys queued for one invalidation subscriber; past it the "
+            "subscriber gets one RESET instead, and a second overflow before it reads that "
+            "ends its stream (RESOURCE_EXHAUSTED)", _int(1)),
     Setting("CACHEGATE_TLS_CERT", "security", "tls_cert", "",
             "PEM certificate (chain) to serve gRPC over TLS; reloaded when the file changes",
             _optional_text),

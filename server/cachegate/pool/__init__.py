@@ -26,11 +26,13 @@ from cachegate.pool._errors import (
 from cachegate.pool._global import close_redis_pool, get_redis_pool
 from cachegate.pool._pool import RedisConnectionPool
 from cachegate.pool._snapshot import PoolSnapshot, RedisReport
+from cachegate.pool._tracking import InvalidationTracker, TrackingListener, tracker_for
 
 __all__ = [
     "CacheError",
     "CircuitOpenError",
     "CommandError",
+    "InvalidationTracker",
     "PartialRead",
     "PoolExhaustedError",
     "PoolSnapshot",
@@ -40,6 +42,8 @@ __all__ = [
     "RedisTimeoutError",
     "RedisUnavailableError",
     "TooLarge",
+    "TrackingListener",
     "close_redis_pool",
     "get_redis_pool",
+    "tracker_for",
 ]

@@ -357,6 +357,11 @@ class RedisConnectionPool:
         return self._backend.kind
 
     @property
+    def backend(self) -> Backend:
+        """The backend (the invalidation tracker opens its own connections beside it)."""
+        return self._backend
+
+    @property
     def config(self) -> Config:
         return self._config
 

@@ -8,7 +8,8 @@ counted on the wire before parsing (`_wire`, `_decode`, `_limits`), the servicer
 fair streams `_streams`, the memory budget `_budget` and bounded replies `_replies`,
 `_sendwatch`), and the one mapping of errors to gRPC status codes (`_status`).
 Beside it: health (`_health`), reflection (`_reflection`), admin RPCs (`_admin`,
-`_commands`), TLS (`_tls`) and metrics (`_metrics`). `create_server` assembles it
+`_commands`), TLS (`_tls`), metrics (`_metrics`) and InvalidationService
+(`_invalidations`, its fan-out `_fanout`). `create_server` assembles it
 from parts it is given; the process runtime (`cachegate.runtime`) makes those parts
 and hosts it.
 """

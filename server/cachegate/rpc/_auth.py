@@ -144,6 +144,10 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def tenants(self) -> frozenset[str]:
+        """Every tenant a token names (the namespaces invalidations are tracked under)."""
+        return frozenset(identity.tenant for _, identity in self._entries)
+
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():

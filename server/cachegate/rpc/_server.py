@@ -28,12 +28,13 @@ from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
 from cachegate.rpc._commands import BreakerCommands
 from cachegate.rpc._decode import add_service
 from cachegate.rpc._health import HealthReporter
+from cachegate.rpc._invalidations import InvalidationServicer
 from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
 from cachegate.rpc._reflection import REFLECTION_SERVICES, enable_reflection, reflection_descriptors
 from cachegate.rpc._servicer import CacheServicer
 from cachegate.rpc._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.rpc._wire import request_limits
-from cachegate.v1 import admin_pb2, cache_pb2
+from cachegate.v1 import admin_pb2, cache_pb2, invalidation_pb2
 
 __all__ = [
     "AddressInUseError",
@@ -114,6 +115,7 @@ class CacheServer:
     threads: RpcExecutor
     servicer: CacheServicer
     _stopped: threading.Event = field(default_factory=threading.Event)
+    invalidations: InvalidationServicer | None = None
 
     def start(self) -> None:
         self.grpc_server.start()
@@ -124,6 +126,8 @@ class CacheServer:
         the calls running now to end. Returns how many are still running then."""
         self.health.shutdown()
         self.servicer.drain()
+        if self.invalidations is not None:  # subscribers would hold the grace to its end
+            self.invalidations.drain()
         since = self.threads.now()
         end = time.monotonic() + grace
         while (running := self.threads.running_before(since)) and time.monotonic() < end:
@@ -156,6 +160,8 @@ class CacheServer:
             if not self.grpc_server.stop(0).wait(STOP_MARGIN):
                 log.warning("the gRPC server did not stop in time")
             self.threads.shutdown(wait=False)
+        if self.invalidations is not None:
+            self.invalidations.close()  # its tracker's connections before the pool's
         self.pool.close()
 
     def wait(self) -> None:
@@ -210,6 +216,7 @@ def http2_abuse_options(limits: LimitSettings) -> list[tuple[str, int]]:
 _CACHE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+_INVALIDATION = invalidation_pb2.DESCRIPTOR.services_by_name["InvalidationService"]
 
 
 def served_services(config: Config) -> list[ServiceDescriptor]:
@@ -218,7 +225,7 @@ def served_services(config: Config) -> list[ServiceDescriptor]:
     Admin RPCs exist only where callers are authenticated (a tokens file), reflection
     only when CACHEGATE_REFLECTION is on.
     """
-    services = [_CACHE, _HEALTH]
+    services = [_CACHE, _INVALIDATION, _HEALTH]
     if config.security.tokens_file:
         services.append(_ADMIN)
     if config.server.reflection:
@@ -306,6 +313,10 @@ def create_server(
         raw=frozenset({"Pipeline"}),
         limits=request_limits(limits),
     )
+    invalidations = InvalidationServicer(pool, limits, servicer.streams, tokens)
+    add_service(  # the servicer answers undecodable requests itself
+        server, _INVALIDATION, _behaviors(invalidations, _INVALIDATION), guarded=False
+    )
     services = served_services(config)
     if _ADMIN in services:
         admin = AdminServicer(pool, breaker_commands)
@@ -336,4 +347,7 @@ def create_server(
             "auth": f"{len(tokens)} tokens" if tokens else "off",
         },
     )
-    return CacheServer(server, port, pool, health, config, threads, servicer), port
+    built = CacheServer(
+        server, port, pool, health, config, threads, servicer, invalidations=invalidations
+    )
+    return built, port

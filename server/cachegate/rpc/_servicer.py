@@ -123,6 +123,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self._large_replies = threading.Lock()
 
     @property
+    def streams(self) -> StreamGate:
+        """The stream slots, shared with InvalidationService's streams."""
+        return self._streams
+
+    @property
     def draining(self) -> bool:
         return self._draining
 

@@ -1,8 +1,8 @@
 """The one mapping from what went wrong to a gRPC status.
 
 `status_for` maps each known exception to its status and details; the two
-conditions met where no exception is raised take their codes from UNDECODABLE and
-STREAM_IDLE below. README.md's "Errors" table describes the mapping for users
+conditions met where no exception is raised take their codes from UNDECODABLE,
+STREAM_IDLE and SUBSCRIBER_BEHIND below. README.md's "Errors" table describes the mapping for users
 (tests/unit/test_error_table.py checks it row by row against this module).
 Anything else is a bug and gives INTERNAL with a generic message (the details go
 to the log, never to the caller).
@@ -31,6 +31,7 @@ from cachegate.pool import (
 __all__ = [
     "INTERNAL",
     "STREAM_IDLE",
+    "SUBSCRIBER_BEHIND",
     "UNDECODABLE",
     "InvalidArgumentError",
     "Rejection",
@@ -47,6 +48,8 @@ __all__ = [
 UNDECODABLE = grpc.StatusCode.INVALID_ARGUMENT
 # A Pipeline stream the server ends for waiting too long for a batch (_streams.py).
 STREAM_IDLE = grpc.StatusCode.RESOURCE_EXHAUSTED
+# An invalidation subscriber that fell behind twice without reading (_fanout.py).
+SUBSCRIBER_BEHIND = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True)

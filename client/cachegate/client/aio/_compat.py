@@ -27,17 +27,28 @@ class AsyncRedisCache(LegacyCache[AsyncCacheClient], AsyncClosing):
     """get / set / delete / health_check of the old RedisCache, to be awaited.
 
     AsyncRedisCache(target=None, *, decode_responses=False, near_cache=None,
-    client=None, timeout=5.0, token=None): see LegacyCache.
+    client=None, timeout=5.0, token=None): see LegacyCache. The near cache has no
+    invalidation feed here (that takes the sync client's stream on a thread): its TTL
+    bounds how stale it gets.
     """
 
     client_type = AsyncCacheClient
 
     async def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
-        cached = self._cached(key)
+        near = self.near_cache
+        if near is None:
+            return self._decode(await self.client.get(key))
+        cached = near.get(key)
         if cached is not None:
             return self._decode(cached)
-        return self._read(key, await self.client.get(key))
+        near.begin_load(key)  # a change heard meanwhile keeps the value out (see NearCache)
+        value = None
+        try:
+            value = await self.client.get(key)
+        finally:
+            near.end_load(key, value)
+        return self._decode(value)
 
     async def set(self, key: str, value: bytes | str | int | float, ttl: int = 3600) -> bool:
         """Store `value` for `ttl` seconds (the guide's default: one hour)."""
