@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import grpc
 
 from cachegate.client._errors import error_for, from_rpc_error, status_code
-from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
+from cachegate.client._ops import CacheEntry, Delete, Get, Operation, Result, SetEx
 from cachegate.client._wire import decode_health_response, encode_health_request
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
@@ -133,10 +133,28 @@ class CacheClient:
 
     # --- single keys ---------------------------------------------------------------
 
-    def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
-        """The value, or None on a miss (an empty value comes back as b"")."""
-        reply = self._call(self._stub.Get, pb.GetRequest(key=key), timeout)
-        return reply.value if reply.found else None
+    def get(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> bytes | None:
+        """The value, or None on a miss (an empty value comes back as b"").
+
+        `stale_if_error` (seconds, 0 for none): when Redis cannot answer, accept the
+        server's copy of the value if it is at most that old and the key's TTL has
+        not run out; without such a copy the call raises as usual. `get_entry` says
+        whether the value is stale, and how old.
+        """
+        entry = self.get_entry(key, timeout=timeout, stale_if_error=stale_if_error)
+        return None if entry is None else entry.value
+
+    def get_entry(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> CacheEntry | None:
+        """As `get`, but the value comes with whether it is stale and its age; None on a miss."""
+        request = pb.GetRequest(key=key, stale_if_error_seconds=stale_if_error)
+        reply = self._call(self._stub.Get, request, timeout)
+        if not reply.found:
+            return None
+        return CacheEntry(reply.value, reply.stale, reply.age_seconds)
 
     def set_ex(
         self, key: str, value: bytes, ttl_seconds: int, *, timeout: float | None = None
@@ -152,22 +170,35 @@ class CacheClient:
     # --- batches -------------------------------------------------------------------
 
     def pipeline(
-        self, operations: Sequence[Operation], *, timeout: float | None = None
+        self,
+        operations: Sequence[Operation],
+        *,
+        timeout: float | None = None,
+        stale_if_error: int = 0,
     ) -> list[Result]:
-        """Run one batch (one round trip); one Result per operation, in order."""
-        for results in self.stream([operations], timeout=timeout):
+        """Run one batch (one round trip); one Result per operation, in order.
+
+        `stale_if_error` allows the batch's gets stale values, as `get` does, when
+        the batch fails because Redis cannot answer: see Result.stale.
+        """
+        for results in self.stream([operations], timeout=timeout, stale_if_error=stale_if_error):
             return results
         raise AssertionError("the server answered a batch with nothing")  # pragma: no cover
 
     def stream(
-        self, batches: Iterable[Sequence[Operation]], *, timeout: float | None = None
+        self,
+        batches: Iterable[Sequence[Operation]],
+        *,
+        timeout: float | None = None,
+        stale_if_error: int = 0,
     ) -> Iterator[list[Result]]:
         """Send batches on one Pipeline stream; yields each batch's results as they come.
 
         `timeout` bounds the whole stream. Batches are sent as the server reads them
         (HTTP/2 flow control), so a long or endless iterable is fine.
+        `stale_if_error` applies to every batch (see `pipeline`).
         """
-        requests = (_encode_batch(batch) for batch in batches)
+        requests = (_encode_batch(batch, stale_if_error) for batch in batches)
         call = self._stub.Pipeline(
             requests, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
         )
@@ -231,7 +262,7 @@ class CacheClient:
             raise from_rpc_error(exc) from exc
 
 
-def _encode_batch(batch: Sequence[Operation]) -> pb.PipelineRequest:
+def _encode_batch(batch: Sequence[Operation], stale_if_error: int = 0) -> pb.PipelineRequest:
     operations = []
     for op in batch:
         if isinstance(op, Get):
@@ -246,16 +277,23 @@ def _encode_batch(batch: Sequence[Operation]) -> pb.PipelineRequest:
             operations.append(pb.Operation(delete=pb.DeleteOperation(key=op.key)))
         else:
             raise TypeError(f"not a pipeline operation: {op!r} (use Get, SetEx or Delete)")
-    return pb.PipelineRequest(operations=operations)
+    return pb.PipelineRequest(operations=operations, stale_if_error_seconds=stale_if_error)
 
 
 def _decode_batch(reply: pb.PipelineResponse) -> list[Result]:
     errors = {e.index: error_for(status_code(e.code), e.message) for e in reply.errors}
+    stale = {s.index: s.age_seconds for s in reply.stale}
     results = []
     for index, outcome_number in enumerate(reply.outcomes):
         outcome = _OUTCOMES.get(outcome_number, "error")
         if outcome == "value":
-            results.append(Result("value", value=reply.values[index]))
+            age = stale.get(index)
+            if age is None:
+                results.append(Result("value", value=reply.values[index]))
+            else:
+                results.append(
+                    Result("value", value=reply.values[index], stale=True, age_seconds=age)
+                )
         elif outcome == "error":
             error = errors.get(index) or error_for(grpc.StatusCode.UNKNOWN, "no error detail")
             results.append(Result("error", error=error))

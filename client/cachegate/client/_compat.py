@@ -12,7 +12,9 @@ their decimal text, like redis-py; `get` returns bytes, or str when the cache
 was made with `decode_responses=True` (redis-py's option of the same name).
 With the server unreachable or its breaker open, calls raise
 CacheUnavailableError, a builtin ConnectionError, so the guide's
-`except ConnectionError:` keeps working.
+`except ConnectionError:` keeps working. `RedisCache(stale_if_error=30)` lets
+`get` return a value up to 30 s old that the server kept, while Redis cannot
+answer (see CacheClient.get); without one the call raises as before.
 """
 
 from __future__ import annotations
@@ -73,18 +75,22 @@ class RedisCache:
         client: CacheClient | None = None,
         timeout: float = 5.0,
         token: str | None = None,
+        stale_if_error: int = 0,
     ) -> None:
         self.client = client or CacheClient(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
+        self.stale_if_error = stale_if_error
 
     def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
         value = self.near_cache.get(key) if self.near_cache else None
         if value is None:
-            value = self.client.get(key)
-            if value is not None and self.near_cache:
-                self.near_cache.put(key, value)
+            entry = self.client.get_entry(key, stale_if_error=self.stale_if_error)
+            value = None if entry is None else entry.value
+            # A stale value is not put in the near cache: it would outlive its allowance.
+            if entry is not None and not entry.stale and self.near_cache:
+                self.near_cache.put(key, entry.value)
         if value is None or not self.decode_responses:
             return value
         return value.decode("utf-8")

@@ -1,4 +1,4 @@
-"""The pure core: configuration, the circuit breaker, deadlines and counters.
+"""The pure core: configuration, the circuit breaker, deadlines, counters and the stale copy.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
@@ -37,6 +37,7 @@ from cachegate.core._config import (
 from cachegate.core._deadline import Deadline
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
+from cachegate.core._stalecopy import StaleCopy, StaleCopyStats, StaleValue
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
@@ -70,6 +71,9 @@ __all__ = [
     "SecuritySettings",
     "ServerSettings",
     "Setting",
+    "StaleCopy",
+    "StaleCopyStats",
+    "StaleValue",
     "StateListener",
     "load_config",
     "select_backend",

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from cachegate.core import CircuitState, Config, LimitSettings
+from cachegate.core import CircuitState, Config, LimitSettings, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.rpc._admin import AdminServicer
 from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
@@ -230,13 +230,15 @@ def create_server(
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     tls_listener: ReloadListener | None = None,
     breaker_commands: BreakerCommands | None = None,
+    stale_copy: StaleCopy | None = None,
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
     `reuse_port` is only for our own worker processes: otherwise a second server
     on the same port must fail instead of silently taking half the traffic.
     `breaker_commands` carries admin RPCs to every worker (worker mode, see
-    rpc/_commands.py). The pool and the executor stay the caller's until this
+    rpc/_commands.py). `stale_copy`: the worker's copy of values for stale-if-error
+    answers (none: such answers are off). The pool and the executor stay the caller's until this
     returns: on failure the caller closes them (the composition root does).
     """
     limits = config.limits
@@ -271,6 +273,7 @@ def create_server(
         observer=observer,
         tokens=tokens,
         health=health.latest,
+        stale_copy=stale_copy,
     )
     cache_service = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
     behaviors = _behaviors(servicer, cache_service)

@@ -2,7 +2,7 @@
 
 Production (`main.run`, one process or each worker) and the test fixtures build
 servers here and nowhere else, so the tests run the wiring that ships: the pool,
-the RPC executor, metrics, breaker commands across workers, the gRPC layer
+the RPC executor, the stale copy, metrics, breaker commands across workers, the gRPC layer
 (`cachegate.rpc.create_server`) and the HTTP side port.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cachegate.core import Config
+from cachegate.core import Config, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.rpc import CacheServer, RpcObserver, ServerMetrics, create_server
 from cachegate.runtime._board import SharedBreakerCommands, WorkerBoard
@@ -77,7 +77,9 @@ def build_service(
     """
     pool = RedisConnectionPool(config)
     threads = rpc_threads(config)
-    metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers)
+    # Per worker: each process answers stale only from what it learned itself.
+    stale_copy = StaleCopy(config.limits.stale_copy_bytes)
+    metrics = ServerMetrics(pool, worker_id=worker_id, workers=workers, stale_copy=stale_copy)
     commands = SharedBreakerCommands(board, pool.breaker) if board is not None else None
     try:
         server, port = create_server(
@@ -90,6 +92,7 @@ def build_service(
             observer=metrics.observer if observer is None else observer,
             tls_listener=metrics.tls_reloaded,
             breaker_commands=commands,
+            stale_copy=stale_copy,
         )
     except BaseException:
         threads.shutdown(wait=False)
