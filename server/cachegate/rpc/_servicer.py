@@ -179,18 +179,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         # A large value is copied again on its way to Redis: it needs room in the budget.
         held = self._replies.hold_request(len(request.value), context)
         try:
-            if self._stale.enabled:
-                self._stale.set_ex(
-                    key, request.ttl_seconds, request.value, context.time_remaining()
-                )
-            else:
-                self._pool.execute(
-                    "SETEX",
-                    key,
-                    request.ttl_seconds,
-                    request.value,
-                    timeout=context.time_remaining(),
-                )
+            # SETEX, keeping the worker's stale copy (see _stale.py).
+            self._stale.set_ex(key, request.ttl_seconds, request.value, context.time_remaining())
         finally:
             self._budget.release(held)
         return pb.SetExResponse()
@@ -202,10 +192,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         if tenant is not None:
             key = tenant.prefix.encode() + key
             self._tenants.add(tenant.tenant, 1, 0, 0)
-        if self._stale.enabled:
-            removed = self._stale.delete(key, context.time_remaining())
-        else:
-            removed = self._pool.execute("DEL", key, timeout=context.time_remaining())
+        removed = self._stale.delete(key, context.time_remaining())  # DEL; the copy drops it
         return pb.DeleteResponse(deleted=bool(removed))
 
     def Pipeline(  # type: ignore[override]  # requests arrive as bytes (see _fastpath)
