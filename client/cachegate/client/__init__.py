@@ -4,6 +4,7 @@
 - `RedisCache`: the migration guide's compatibility API (one import to change).
 - `NearCache`: an opt-in local cache with bounded size and staleness.
 - Operations `Get`, `SetEx`, `Delete` and their `Result`s for pipelines.
+- `CacheEntry`: a value with its stale flag and age (`CacheClient.get_entry`).
 - Exceptions, mapped from gRPC status codes in `cachegate.client._errors`.
 
 The asyncio client is `cachegate.client.aio` (`AsyncCacheClient`, `AsyncRedisCache`).
@@ -23,13 +24,14 @@ from cachegate.client._errors import (
 )
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache, NearCacheStats
-from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
+from cachegate.client._ops import CacheEntry, Delete, Get, Operation, Result, SetEx
 
 __all__ = [
     "DEFAULT_TARGET",
     "SERVICE_NAME",
     "CacheClient",
     "CacheClientError",
+    "CacheEntry",
     "CacheUnavailableError",
     "DeadlineExceededError",
     "Delete",

@@ -1,4 +1,5 @@
-"""The pure core: configuration, the circuit breaker, deadlines, counters, the exception root.
+"""The pure core: configuration, the circuit breaker, deadlines, counters, the exception root
+and the stale copy.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
@@ -32,6 +33,7 @@ from cachegate.core._deadline import Deadline
 from cachegate.core._errors import CacheError, CircuitOpenError
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
+from cachegate.core._stalecopy import StaleCopy, StaleCopyStats, StaleValue
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
@@ -66,6 +68,9 @@ __all__ = [
     "SecuritySettings",
     "ServerSettings",
     "Setting",
+    "StaleCopy",
+    "StaleCopyStats",
+    "StaleValue",
     "StateListener",
     "load_config",
     "select_backend",
