@@ -27,8 +27,8 @@ from cachegate.client import (
 )
 from conftest import RunningServer, StartServer
 from redisprocs import RedisProcess
+from staleness import ALLOW, stale_answers, stale_env
 
-ALLOW = 30  # seconds of staleness the tests' readers allow
 WRITER_KEYS = [f"w{n}" for n in range(8)]
 READ_ONLY_KEYS = [f"r{n}" for n in range(8)]
 
@@ -40,18 +40,7 @@ def serve(start_server: StartServer, redis_server: RedisProcess) -> Serve:
     """A server in front of the test's redis-server; the breaker opens after 3 failures."""
 
     def start(**env: str) -> RunningServer:
-        return start_server(
-            {
-                "CACHEGATE_BACKEND": "redis",
-                "REDIS_URL": redis_server.url,
-                "REDIS_SOCKET_TIMEOUT": "0.5",
-                "REDIS_FAILURE_THRESHOLD": "3",
-                "REDIS_RECOVERY_TIMEOUT": "30",  # stays open for the whole test
-                "REDIS_PROBE_DELAY": "0",
-                "REDIS_RETRY_ATTEMPTS": "0",
-                **env,
-            }
-        )
+        return start_server(stale_env(redis_server, **env))
 
     return start
 
@@ -65,14 +54,6 @@ def server(serve: Serve) -> RunningServer:
 def cache(server: RunningServer) -> Iterator[CacheClient]:
     with CacheClient(server.target, retries=False, timeout=3) as client:
         yield client
-
-
-def stale_answers(server: RunningServer) -> float:
-    value = server.service.metrics.registry.get_sample_value(
-        "cachegate_stale_answers_total", {"worker": "0"}
-    )
-    assert value is not None, "cachegate_stale_answers_total is not exported"
-    return value
 
 
 def expect_stale(client: CacheClient, key: str, allow: int = ALLOW) -> CacheEntry:

@@ -15,6 +15,7 @@ from cachegate.client._channel import ClientBase
 from cachegate.client._errors import CacheClientError
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache
+from cachegate.client._ops import CacheEntry
 from cachegate.v1 import cache_pb2 as pb
 
 __all__ = [
@@ -76,7 +77,9 @@ class LegacyCache(Generic[ClientT]):
     """The state of a RedisCache and every decision its calls make.
 
     Subclasses set `client_type` and implement get / set / delete / health_check as
-    calls of `client` between the steps below.
+    calls of `client` between the steps below. `stale_if_error` (seconds, 0 for none)
+    is what every get allows: a value up to that old that the server kept, while Redis
+    cannot answer (see CacheClient.get); without one a get raises as before.
     """
 
     client_type: type[ClientT]
@@ -90,21 +93,26 @@ class LegacyCache(Generic[ClientT]):
         client: ClientT | None = None,
         timeout: float = 5.0,
         token: str | None = None,
+        stale_if_error: int = 0,
     ) -> None:
         self.client = client or self.client_type(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
+        self.stale_if_error = stale_if_error
 
     def _cached(self, key: str) -> bytes | None:
         """The near cache's value for `key`: None means ask the server."""
         return self.near_cache.get(key) if self.near_cache else None
 
-    def _read(self, key: str, value: bytes | None) -> Any:
-        """What get() returns for a value the server gave now (or None), remembered when
-        found. A near-cache hit is not remembered again: that would extend its life."""
-        if value is not None and self.near_cache:
-            self.near_cache.put(key, value)
-        return self._decode(value)
+    def _read(self, key: str, entry: CacheEntry | None) -> Any:
+        """What get() returns for what the server gave now (None: a miss), remembered when
+        found fresh. A near-cache hit is not remembered again, nor a stale value: either
+        would outlive what it may (the near cache's TTL, the allowance)."""
+        if entry is None:
+            return None
+        if self.near_cache and not entry.stale:
+            self.near_cache.put(key, entry.value)
+        return self._decode(entry.value)
 
     def _decode(self, value: bytes | None) -> Any:
         if value is None or not self.decode_responses:

@@ -6,8 +6,8 @@
     await cache.get("key")                       # b"value" (or "value" with decode_responses)
 
 Encoding, near cache, errors (a builtin ConnectionError when the server is
-unreachable or its breaker is open) and the health dict are RedisCache's: the
-decisions live in `cachegate.client._legacy`, shared by both.
+unreachable or its breaker is open), `stale_if_error` and the health dict are
+RedisCache's: the decisions live in `cachegate.client._legacy`, shared by both.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class AsyncRedisCache(LegacyCache[AsyncCacheClient], AsyncClosing):
     """get / set / delete / health_check of the old RedisCache, to be awaited.
 
     AsyncRedisCache(target=None, *, decode_responses=False, near_cache=None,
-    client=None, timeout=5.0, token=None): see LegacyCache.
+    client=None, timeout=5.0, token=None, stale_if_error=0): see LegacyCache.
     """
 
     client_type = AsyncCacheClient
@@ -37,7 +37,7 @@ class AsyncRedisCache(LegacyCache[AsyncCacheClient], AsyncClosing):
         cached = self._cached(key)
         if cached is not None:
             return self._decode(cached)
-        return self._read(key, await self.client.get(key))
+        return self._read(key, await self.client.get_entry(key, stale_if_error=self.stale_if_error))
 
     async def set(self, key: str, value: bytes | str | int | float, ttl: int = 3600) -> bool:
         """Store `value` for `ttl` seconds (the guide's default: one hour)."""
