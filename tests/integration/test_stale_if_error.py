@@ -21,6 +21,7 @@ from cachegate.client import (
     CacheUnavailableError,
     DeadlineExceededError,
     Delete,
+    FailedPreconditionError,
     Get,
     RedisCache,
     SetEx,
@@ -233,6 +234,18 @@ def test_a_deleted_key_is_never_served_stale(
         cache.delete("kept")
     with pytest.raises(CacheUnavailableError):
         cache.get("kept", stale_if_error=ALLOW)
+
+
+def test_a_key_of_another_type_is_failed_precondition_with_or_without_an_allowance(
+    cache: CacheClient, redis_server: RedisProcess
+) -> None:
+    redis_server.client().lpush("listed", b"x")
+    for allow in (0, ALLOW):  # the allowance's read is one GET, not MGET's miss
+        with pytest.raises(FailedPreconditionError, match="WRONGTYPE"):
+            cache.get("listed", stale_if_error=allow)
+    redis_server.kill()
+    with pytest.raises(CacheUnavailableError):  # and it was never kept
+        cache.get("listed", stale_if_error=ALLOW)
 
 
 def test_a_hung_redis_deadline_exceeded_is_answered_stale(

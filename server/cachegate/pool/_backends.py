@@ -89,6 +89,11 @@ class Backend(Protocol):
         """Values of `keys`, in order, None for a miss; with `max_bytes`, as run_batch."""
         ...
 
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        """GET and PTTL of `key` as one transaction (MULTI/EXEC): the replies belong to
+        the same instant. An error reply (WRONGTYPE, a refused command) is raised."""
+        ...
+
     def counts(self) -> PoolCounts: ...
 
     def reap_idle(self, max_idle: float) -> int:
@@ -219,6 +224,18 @@ def _wrong_type(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
+def _value_and_ttl(replies: Sequence[Any]) -> tuple[Any, Any]:
+    """GET's and PTTL's replies out of MULTI/EXEC's, or the error that stopped them."""
+    executed = replies[-1]
+    if not isinstance(executed, list):  # EXECABORT: a queued command was refused
+        raise next(reply for reply in replies if isinstance(reply, Exception))
+    value, pttl = executed
+    for reply in executed:
+        if isinstance(reply, Exception):
+            raise reply
+    return value, pttl
+
+
 def _coalesce_gets(commands: Sequence[Command]) -> tuple[list[Command], list[int]]:
     """Runs of GET become one MGET; spans[i] is how many GETs wire[i] answers (0: not an MGET).
 
@@ -320,6 +337,21 @@ class ConnectionBackend:
                 callback = self._callback(command)
                 results.append(callback(reply) if callback else reply)
         return results
+
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        # A transaction, not a Lua script: it costs Redis less (docs/performance.md)
+        # and fakeredis runs it without lupa. All four replies are read before any
+        # error is raised, so the connection goes back clean.
+        wire = [("MULTI",), ("GET", key), ("PTTL", key), ("EXEC",)]
+        replies: list[Any] = []
+        with self._connection(timeout) as conn:
+            conn.send_packed_command(conn.pack_commands(wire), check_health=False)
+            for _ in wire:
+                try:
+                    replies.append(conn.read_response(timeout=timeout))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        return _value_and_ttl(replies)
 
     def get_many(
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
@@ -693,6 +725,13 @@ class ClusterBackend:
             if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
                 raise reply
         return replies
+
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        # One key, one slot: a transaction on the node that owns it.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.execute_command("GET", key)
+        pipe.execute_command("PTTL", key)
+        return _value_and_ttl([pipe.execute(raise_on_error=False)])
 
     def get_many(
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None

@@ -3,7 +3,9 @@ answers it gives when Redis cannot.
 
 The copy (`cachegate.core.StaleCopy`) learns only what is sure: this worker's
 acknowledged writes, and reads that carry an allowance, which read the key's TTL
-beside its value (GET then PTTL in the same round trip). It is consulted only when
+beside its value: a unary Get as one transaction (GET and PTTL in MULTI/EXEC), a
+batch with its PTTLs after each run of GETs in the same round trip (not atomic: a
+run's keys may span Cluster slots, which no transaction can). It is consulted only when
 the call to Redis failed because Redis could not answer (`CAN_GO_STALE`): the
 breaker open, Redis refused or down, or too slow. Any other failure, and every
 answer Redis gives, stays what it was.
@@ -64,16 +66,13 @@ class StaleReads:
         copy = self._copy
         since = copy.begin()
         try:
-            value, pttl = self._pool.execute_many(
-                [("GET", key), ("PTTL", key)], timeout=_redis_share(timeout)
-            )
+            # One transaction: the TTL kept is the value's own, whoever writes the key.
+            value, pttl = self._pool.get_with_ttl(key, timeout=_redis_share(timeout))
         except CAN_GO_STALE:
             answer = copy.serve(key, allowance)
             if answer is None:
                 raise
             return answer
-        if isinstance(value, Exception):  # Redis answered with an error
-            raise value
         self._learn(key, value, pttl, since)
         found: bytes | None = value
         return found
