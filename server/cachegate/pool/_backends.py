@@ -224,6 +224,20 @@ def _wrong_type(exc: Exception) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
+def _pipelined(conn: Any, wire: Sequence[Command], timeout: float) -> list[Any]:
+    """Send `wire` in one write and read every reply: an error reply stands in its
+    command's place (Redis answered: only that command failed), and the connection
+    is left with nothing unread."""
+    conn.send_packed_command(conn.pack_commands(wire), check_health=False)
+    replies: list[Any] = []
+    for _ in wire:
+        try:
+            replies.append(conn.read_response(timeout=timeout))
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 def _value_and_ttl(replies: Sequence[Any]) -> tuple[Any, Any]:
     """GET's and PTTL's replies out of MULTI/EXEC's, or the error that stopped them."""
     executed = replies[-1]
@@ -319,14 +333,8 @@ class ConnectionBackend:
             # commands before it (a run's size is known only once it is read).
             with self._connection(timeout) as conn:
                 return self._run_segments(conn, wire, spans, timeout, max_bytes)
-        replies: list[Any] = []
         with self._connection(timeout) as conn:
-            conn.send_packed_command(conn.pack_commands(wire), check_health=False)
-            for _ in wire:
-                try:
-                    replies.append(conn.read_response(timeout=timeout))
-                except redis.ResponseError as exc:
-                    replies.append(exc)  # Redis answered: only this command failed
+            replies = _pipelined(conn, wire, timeout)
         results: list[Any] = []
         for command, span, reply in zip(wire, spans, replies, strict=True):
             if span:  # an MGET standing for `span` GETs
@@ -343,15 +351,8 @@ class ConnectionBackend:
         # and fakeredis runs it without lupa. All four replies are read before any
         # error is raised, so the connection goes back clean.
         wire = [("MULTI",), ("GET", key), ("PTTL", key), ("EXEC",)]
-        replies: list[Any] = []
         with self._connection(timeout) as conn:
-            conn.send_packed_command(conn.pack_commands(wire), check_health=False)
-            for _ in wire:
-                try:
-                    replies.append(conn.read_response(timeout=timeout))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        return _value_and_ttl(replies)
+            return _value_and_ttl(_pipelined(conn, wire, timeout))
 
     def get_many(
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
@@ -475,14 +476,8 @@ class ConnectionBackend:
         def flush() -> None:
             if not pending:
                 return
-            conn.send_packed_command(conn.pack_commands(pending), check_health=False)
-            for command in pending:
-                try:
-                    reply = conn.read_response(timeout=timeout)
-                except redis.ResponseError as exc:
-                    results.append(exc)
-                    continue
-                callback = self._callback(command)
+            for command, reply in zip(pending, _pipelined(conn, pending, timeout), strict=True):
+                callback = None if isinstance(reply, Exception) else self._callback(command)
                 results.append(callback(reply) if callback else reply)
             pending.clear()
 
