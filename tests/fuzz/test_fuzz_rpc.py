@@ -286,13 +286,16 @@ def batches(pool: Sequence[str]) -> st.SearchStrategy[pb.PipelineRequest]:
     get_keys = st.one_of(short_keys, short_keys, st.text(min_size=1, max_size=16), KEYS)
     gets = st.builds(lambda k: pb.Operation(get=pb.GetOperation(key=k)), get_keys)
     return st.builds(
-        lambda o: pb.PipelineRequest(operations=o),
+        lambda o, allow: pb.PipelineRequest(operations=o, stale_if_error_seconds=allow),
         st.one_of(
             st.lists(ops, max_size=12),
             st.lists(ops, max_size=MAX_BATCH_OPS + 5),
             st.lists(long_ops, min_size=MAX_BATCH_OPS - 2, max_size=MAX_BATCH_OPS + 5),
             st.lists(gets, min_size=1, max_size=MAX_BATCH_OPS),  # the MGET fast path
         ),
+        # A stale-if-error allowance reads TTLs too (off the fast path); with Redis up
+        # the answers are the same, and never stale.
+        st.sampled_from([0, 0, 0, 30]),
     )
 
 
@@ -701,13 +704,17 @@ def expect_server_quiet(t: Target, since: int) -> None:
     assert not unexpected, "the server logged errors:\n" + "\n".join(unexpected)
 
 
-def check_get(t: Target, key: str, send: Callable[[], Message] | None = None) -> None:
-    what = f"Get({key[:80]!r})"
-    reply = call(send or (lambda: t.stub.Get(pb.GetRequest(key=key), timeout=RPC_TIMEOUT)))
+def check_get(
+    t: Target, key: str, send: Callable[[], Message] | None = None, *, allow: int = 0
+) -> None:
+    what = f"Get({key[:80]!r}, stale_if_error_seconds={allow})"
+    request = pb.GetRequest(key=key, stale_if_error_seconds=allow)
+    reply = call(send or (lambda: t.stub.Get(request, timeout=RPC_TIMEOUT)))
     if not valid_key(key):
         expect_invalid(reply, {"key"}, what)
         return
     expect_ok(reply, what)
+    assert not reply.response.stale, f"{what}: a stale answer while Redis answers"
     t.model.read(key, reply.response.found, reply.response.value, reply.window, what)
 
 
@@ -726,6 +733,7 @@ def check_set_ex(
         t.model.write(key, value, ttl, reply.window)
     if valid_key(key):
         check_get(t, key)  # the new value round-trips; a refused write changed nothing
+        check_get(t, key, allow=30)  # and the same with an allowance (GET and PTTL)
 
 
 def check_delete(t: Target, key: str, send: Callable[[], Message] | None = None) -> None:
@@ -798,6 +806,7 @@ def check_batch(
         else:
             assert outcome in (pb.OUTCOME_OK, pb.OUTCOME_NOT_FOUND), f"{what}: {outcome}"
             t.model.delete(op.delete.key, outcome == pb.OUTCOME_OK, window, what)
+    assert not response.stale, f"stale answers while Redis answers: {response.stale}"
     assert [e.index for e in response.errors] == errors, (
         f"error indexes {[e.index for e in response.errors]}, expected {errors}"
     )

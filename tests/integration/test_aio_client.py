@@ -20,6 +20,7 @@ import pytest
 from cachegate.client import (
     CacheClient,
     CacheClientError,
+    CacheEntry,
     CacheUnavailableError,
     DeadlineExceededError,
     Delete,
@@ -35,6 +36,7 @@ from cachegate.client._legacy import HEALTH_KEYS
 from cachegate.client.aio import AsyncCacheClient, AsyncRedisCache
 from conftest import RunningServer, StartServer
 from redisprocs import RedisProcess, free_port, wait_until
+from staleness import ALLOW, stale_answers, stale_env
 
 TASKS = 200
 
@@ -299,6 +301,66 @@ def test_async_redis_cache_unreachable_is_connection_error_and_unhealthy() -> No
     assert list(health) == list(HEALTH_KEYS)
     assert health["healthy"] is False
     assert "UNAVAILABLE" in health["error"]
+
+
+# --- stale-if-error: the allowance and the stale answers, awaited ------------------------
+
+
+def test_the_async_client_gets_stale_answers_with_their_age_while_redis_is_down(
+    start_server: StartServer, redis_server: RedisProcess
+) -> None:
+    """Many tasks at once read keys the worker holds, after Redis was killed: each answer
+    is the written value, marked stale with an age; a caller without an allowance gets
+    UNAVAILABLE, and AsyncRedisCache keeps a stale value out of its near cache."""
+    server = start_server(stale_env(redis_server))
+    keys = [f"aio:stale:{n}" for n in range(TASKS // 4)]
+    near = NearCache(maxsize=100, ttl=60.0)
+
+    async def main() -> None:
+        started = time.monotonic()
+        async with (
+            AsyncCacheClient(server.target, retries=False, timeout=3) as client,
+            AsyncRedisCache(
+                server.target, near_cache=near, stale_if_error=ALLOW, timeout=3
+            ) as legacy,
+        ):
+            await asyncio.gather(*(client.set_ex(key, key.encode(), 600) for key in keys))
+            redis_server.client().set("aio:stale:learned", b"direct", ex=600)
+            assert await client.get_entry(keys[0], stale_if_error=ALLOW) == CacheEntry(
+                keys[0].encode(), stale=False, age_seconds=0.0
+            )
+            assert await client.get("aio:stale:learned", stale_if_error=ALLOW) == b"direct"
+            assert stale_answers(server) == 0  # never used while Redis answers
+            redis_server.kill()
+            await asyncio.sleep(0.1)  # the copies age
+
+            refused = await async_error(client.get(keys[0]))  # no allowance: the error
+            assert isinstance(refused, CacheUnavailableError)
+            entries = await asyncio.gather(
+                *(client.get_entry(key, stale_if_error=ALLOW) for key in keys)
+            )
+            elapsed = time.monotonic() - started
+            for key, entry in zip(keys, entries, strict=True):
+                assert entry is not None, f"{key}: a stale answer is never a miss"
+                assert entry.value == key.encode()
+                assert entry.stale, f"{key}: Redis is down, yet the answer is not stale"
+                assert 0 < entry.age_seconds <= elapsed
+            learned = await client.get_entry("aio:stale:learned", stale_if_error=ALLOW)
+            assert learned is not None
+            assert (learned.value, learned.stale) == (b"direct", True)
+
+            batch = await client.pipeline([Get(keys[0]), Get("never-seen")], stale_if_error=ALLOW)
+            assert (batch[0].value, batch[0].stale) == (keys[0].encode(), True)
+            assert 0 < batch[0].age_seconds <= time.monotonic() - started
+            assert isinstance(batch[1].error, CacheUnavailableError)
+            streamed = [r async for r in client.stream([[Get(keys[1])]], stale_if_error=ALLOW)]
+            assert [(r.value, r.stale) for r in streamed[0]] == [(keys[1].encode(), True)]
+
+            assert await legacy.get(keys[2]) == keys[2].encode()
+            assert near.get(keys[2]) is None  # stale: it would outlive its allowance
+        assert stale_answers(server) >= len(keys) + 4
+
+    asyncio.run(main())
 
 
 # --- a cancelled task cancels its RPC, as the server sees it -------------------------------

@@ -96,6 +96,34 @@ def test_a_redis_error_reply_is_not_an_outage(pool: RedisConnectionPool) -> None
     assert pool.get_stats()["failures"] == 0
 
 
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_get_with_ttl_reads_a_value_and_its_ttl_in_one_transaction(
+    backend: str, redis_server: RedisProcess
+) -> None:
+    pool = make_pool(redis_server.url, CACHEGATE_BACKEND=backend)
+    try:
+        lasting, persistent, listed = key(), key(), key()
+        pool.execute("setex", lasting, 300, b"v")
+        pool.execute("set", persistent, b"p")
+        pool.execute("lpush", listed, b"x")
+        value, pttl = pool.get_with_ttl(lasting)
+        assert value == b"v"
+        assert 0 < pttl <= 300_000
+        assert pool.get_with_ttl(persistent) == (b"p", -1)
+        assert pool.get_with_ttl(key()) == (None, -2)
+        with pytest.raises(CommandError, match="WRONGTYPE"):  # as GET says, not MGET's miss
+            pool.get_with_ttl(listed)
+        assert pool.get_with_ttl(persistent) == (b"p", -1)  # the connection read clean
+        assert pool.get_stats()["hits"] == 3
+        assert pool.get_stats()["misses"] == 1
+        if backend == "redis":  # each read was one MULTI/EXEC
+            commands = redis_server.client().info("commandstats")
+            assert commands["cmdstat_exec"]["calls"] == 5
+            assert commands["cmdstat_get"]["calls"] == commands["cmdstat_pttl"]["calls"] == 5
+    finally:
+        pool.close()
+
+
 # --- 2. connection failure -------------------------------------------------------------
 
 

@@ -164,10 +164,14 @@ def test_cluster_routes_by_slot_and_survives_a_master_failover(
     assert [pool.execute("get", k) for k in keys] == [k.encode() for k in keys]
     replies = pool.execute_many([("GET", k) for k in keys])  # split by slot, in order
     assert replies == [k.encode() for k in keys]
+    for k in keys[:3]:  # one transaction on the key's own node
+        value, pttl = pool.get_with_ttl(k)
+        assert value == k.encode()
+        assert 0 < pttl <= 60_000
     stats = pool.get_stats()
     assert stats["backend"] == "cluster"
     assert stats["created_connections"] >= 3  # at least one per master
-    assert stats["hits"] == 120
+    assert stats["hits"] == 123
     health = pool.health_check()
     assert health["healthy"] is True
     assert health["version"]

@@ -5,6 +5,7 @@
 - `NearCache`: an opt-in local cache with bounded size and staleness, kept coherent
   by the server's invalidations (`NearCacheFeed`, `CacheClient.invalidations`).
 - Operations `Get`, `SetEx`, `Delete` and their `Result`s for pipelines.
+- `CacheEntry`: a value with its stale flag and age (`CacheClient.get_entry`).
 - Exceptions, mapped from gRPC status codes in `cachegate.client._errors`.
 
 The asyncio client is `cachegate.client.aio` (`AsyncCacheClient`, `AsyncRedisCache`).
@@ -26,13 +27,14 @@ from cachegate.client._feed import NearCacheFeed
 from cachegate.client._invalidations import Invalidation, InvalidationStream
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache, NearCacheStats
-from cachegate.client._ops import Delete, Get, Operation, Result, SetEx
+from cachegate.client._ops import CacheEntry, Delete, Get, Operation, Result, SetEx
 
 __all__ = [
     "DEFAULT_TARGET",
     "SERVICE_NAME",
     "CacheClient",
     "CacheClientError",
+    "CacheEntry",
     "CacheUnavailableError",
     "DeadlineExceededError",
     "Delete",

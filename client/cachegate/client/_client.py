@@ -18,10 +18,12 @@ from cachegate.client._messages import (
     decode_batch,
     encode_batch,
     encode_health_request,
+    entry_of,
     found_value,
+    get_request,
     health_status,
 )
-from cachegate.client._ops import Operation, Result
+from cachegate.client._ops import CacheEntry, Operation, Result
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 from cachegate.v1 import invalidation_pb2, invalidation_pb2_grpc
@@ -52,9 +54,25 @@ class CacheClient(ClientBase[grpc.Channel]):
 
     # --- single keys ---------------------------------------------------------------
 
-    def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
-        """The value, or None on a miss (an empty value comes back as b"")."""
-        return found_value(self._call(self._stub.Get, pb.GetRequest(key=key), timeout))
+    def get(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> bytes | None:
+        """The value, or None on a miss (an empty value comes back as b"").
+
+        `stale_if_error` (seconds, 0 for none): when Redis cannot answer, accept the
+        server's copy of the value if it is at most that old and the key's TTL has
+        not run out; without such a copy the call raises as usual. `get_entry` says
+        whether the value is stale, and how old.
+        """
+        request = get_request(key, stale_if_error)
+        return found_value(self._call(self._stub.Get, request, timeout))
+
+    def get_entry(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> CacheEntry | None:
+        """As `get`, but the value comes with whether it is stale and its age; None on a miss."""
+        request = get_request(key, stale_if_error)
+        return entry_of(self._call(self._stub.Get, request, timeout))
 
     def set_ex(
         self, key: str, value: bytes, ttl_seconds: int, *, timeout: float | None = None
@@ -70,22 +88,35 @@ class CacheClient(ClientBase[grpc.Channel]):
     # --- batches -------------------------------------------------------------------
 
     def pipeline(
-        self, operations: Sequence[Operation], *, timeout: float | None = None
+        self,
+        operations: Sequence[Operation],
+        *,
+        timeout: float | None = None,
+        stale_if_error: int = 0,
     ) -> list[Result]:
-        """Run one batch (one round trip); one Result per operation, in order."""
-        for results in self.stream([operations], timeout=timeout):
+        """Run one batch (one round trip); one Result per operation, in order.
+
+        `stale_if_error` allows the batch's gets stale values, as `get` does, when
+        the batch fails because Redis cannot answer: see Result.stale.
+        """
+        for results in self.stream([operations], timeout=timeout, stale_if_error=stale_if_error):
             return results
         raise AssertionError("the server answered a batch with nothing")  # pragma: no cover
 
     def stream(
-        self, batches: Iterable[Sequence[Operation]], *, timeout: float | None = None
+        self,
+        batches: Iterable[Sequence[Operation]],
+        *,
+        timeout: float | None = None,
+        stale_if_error: int = 0,
     ) -> Iterator[list[Result]]:
         """Send batches on one Pipeline stream; yields each batch's results as they come.
 
         `timeout` bounds the whole stream. Batches are sent as the server reads them
         (HTTP/2 flow control), so a long or endless iterable is fine.
+        `stale_if_error` applies to every batch (see `pipeline`).
         """
-        requests = (encode_batch(batch) for batch in batches)
+        requests = (encode_batch(batch, stale_if_error) for batch in batches)
         call = self._stub.Pipeline(
             requests, timeout=self._deadline(timeout), metadata=self._metadata
         )

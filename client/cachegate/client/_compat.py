@@ -12,7 +12,9 @@ their decimal text, like redis-py; `get` returns bytes, or str when the cache
 was made with `decode_responses=True` (redis-py's option of the same name).
 With the server unreachable or its breaker open, calls raise
 CacheUnavailableError, a builtin ConnectionError, so the guide's
-`except ConnectionError:` keeps working.
+`except ConnectionError:` keeps working. `RedisCache(stale_if_error=30)` lets
+`get` return a value up to 30 s old that the server kept, while Redis cannot
+answer (see CacheClient.get); without one the call raises as before.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class RedisCache(LegacyCache[CacheClient]):
     """get / set / delete / health_check, as the old RedisCache had them.
 
     RedisCache(target=None, *, decode_responses=False, near_cache=None, client=None,
-    timeout=5.0, token=None): see LegacyCache.
+    timeout=5.0, token=None, stale_if_error=0): see LegacyCache.
     """
 
     client_type = CacheClient
@@ -49,9 +51,15 @@ class RedisCache(LegacyCache[CacheClient]):
 
     def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
-        if self.near_cache is None:
-            return self._decode(self.client.get(key))
-        return self._decode(self.near_cache.get_or_load(key, lambda: self.client.get(key)))
+        hit, value = self._lookup(key)
+        if hit:
+            return value
+        entry = None
+        try:
+            entry = self.client.get_entry(key, stale_if_error=self.stale_if_error)
+        finally:
+            self._finish(key, entry)
+        return self._value(entry)
 
     def set(self, key: str, value: bytes | str | int | float, ttl: int = 3600) -> bool:
         """Store `value` for `ttl` seconds (the guide's default: one hour)."""

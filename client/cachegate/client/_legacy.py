@@ -16,6 +16,7 @@ from cachegate.client._errors import CacheClientError
 from cachegate.client._feed import NearCacheFeed
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache
+from cachegate.client._ops import CacheEntry
 from cachegate.v1 import cache_pb2 as pb
 
 __all__ = [
@@ -77,7 +78,9 @@ class LegacyCache(Generic[ClientT]):
     """The state of a RedisCache and every decision its calls make.
 
     Subclasses set `client_type` and implement get / set / delete / health_check as
-    calls of `client` between the steps below.
+    calls of `client` between the steps below. `stale_if_error` (seconds, 0 for none)
+    is what every get allows: a value up to that old that the server kept, while Redis
+    cannot answer (see CacheClient.get); without one a get raises as before.
     """
 
     client_type: type[ClientT]
@@ -92,10 +95,12 @@ class LegacyCache(Generic[ClientT]):
         timeout: float = 5.0,
         token: str | None = None,
         invalidations: bool = True,
+        stale_if_error: int = 0,
     ) -> None:
         self.client = client or self.client_type(target, timeout=timeout, token=token)
         self.decode_responses = decode_responses
         self.near_cache = near_cache
+        self.stale_if_error = stale_if_error
         # The near cache follows the server's invalidations (see _feed.py) where the
         # client can (`_follow`); without them only its TTL bounds how stale it gets.
         self.feed: NearCacheFeed | None = None
@@ -105,6 +110,28 @@ class LegacyCache(Generic[ClientT]):
     def _follow(self, near_cache: NearCache) -> NearCacheFeed | None:
         """Start the near cache's invalidation feed; None where there is none."""
         return None
+
+    def _lookup(self, key: str) -> tuple[bool, Any]:
+        """(True, value) on a near-cache hit. Otherwise (False, None), and with a near
+        cache a load of `key` begins: end it with `_finish`, whatever happens."""
+        if self.near_cache is None:
+            return False, None
+        cached = self.near_cache.get(key)
+        if cached is not None:
+            return True, self._decode(cached)
+        self.near_cache.begin_load(key)
+        return False, None
+
+    def _finish(self, key: str, entry: CacheEntry | None) -> None:
+        """End the load `_lookup` began. The value is kept unless the key changed
+        meanwhile (see NearCache) or it is stale: a stale value would outlive its
+        allowance there."""
+        if self.near_cache is not None:
+            fresh = entry.value if entry is not None and not entry.stale else None
+            self.near_cache.end_load(key, fresh)
+
+    def _value(self, entry: CacheEntry | None) -> Any:
+        return None if entry is None else self._decode(entry.value)
 
     def _decode(self, value: bytes | None) -> Any:
         if value is None or not self.decode_responses:

@@ -32,18 +32,24 @@ CIRCUIT_STATE_OPEN: CircuitState
 CIRCUIT_STATE_HALF_OPEN: CircuitState
 
 class GetRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "stale_if_error_seconds")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    STALE_IF_ERROR_SECONDS_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    stale_if_error_seconds: int
+    def __init__(self, key: _Optional[str] = ..., stale_if_error_seconds: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("found", "value")
+    __slots__ = ("found", "value", "stale", "age_seconds")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     found: bool
     value: bytes
-    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+    stale: bool
+    age_seconds: float
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., stale: _Optional[bool] = ..., age_seconds: _Optional[float] = ...) -> None: ...
 
 class SetExRequest(_message.Message):
     __slots__ = ("key", "value", "ttl_seconds")
@@ -104,10 +110,20 @@ class Operation(_message.Message):
     def __init__(self, get: _Optional[_Union[GetOperation, _Mapping]] = ..., set_ex: _Optional[_Union[SetExOperation, _Mapping]] = ..., delete: _Optional[_Union[DeleteOperation, _Mapping]] = ...) -> None: ...
 
 class PipelineRequest(_message.Message):
-    __slots__ = ("operations",)
+    __slots__ = ("operations", "stale_if_error_seconds")
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    STALE_IF_ERROR_SECONDS_FIELD_NUMBER: _ClassVar[int]
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
-    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+    stale_if_error_seconds: int
+    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., stale_if_error_seconds: _Optional[int] = ...) -> None: ...
+
+class StaleAnswer(_message.Message):
+    __slots__ = ("index", "age_seconds")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    age_seconds: float
+    def __init__(self, index: _Optional[int] = ..., age_seconds: _Optional[float] = ...) -> None: ...
 
 class OperationError(_message.Message):
     __slots__ = ("index", "code", "message")
@@ -120,14 +136,16 @@ class OperationError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PipelineResponse(_message.Message):
-    __slots__ = ("outcomes", "values", "errors")
+    __slots__ = ("outcomes", "values", "errors", "stale")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedScalarFieldContainer[Outcome]
     values: _containers.RepeatedScalarFieldContainer[bytes]
     errors: _containers.RepeatedCompositeFieldContainer[OperationError]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, str]]] = ..., values: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Iterable[_Union[OperationError, _Mapping]]] = ...) -> None: ...
+    stale: _containers.RepeatedCompositeFieldContainer[StaleAnswer]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, str]]] = ..., values: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Iterable[_Union[OperationError, _Mapping]]] = ..., stale: _Optional[_Iterable[_Union[StaleAnswer, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

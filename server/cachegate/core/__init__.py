@@ -1,5 +1,5 @@
 """The pure core: configuration and its host:port parser, the key rule, the circuit
-breaker, deadlines, counters and the exception root.
+breaker, deadlines, counters, the exception root and the stale copy.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
 on these pieces, and tests drive them with a fake clock.
@@ -33,6 +33,7 @@ from cachegate.core._errors import CacheError, CircuitOpenError, ConfigError
 from cachegate.core._keys import InvalidKeyError, ascii_keys, encode_key, short_key_chars
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
+from cachegate.core._stalecopy import StaleCopy, StaleCopyStats, StaleValue
 from cachegate.core._stats import CallCounters, CallStats
 
 __all__ = [
@@ -68,6 +69,9 @@ __all__ = [
     "SecuritySettings",
     "ServerSettings",
     "Setting",
+    "StaleCopy",
+    "StaleCopyStats",
+    "StaleValue",
     "StateListener",
     "ascii_keys",
     "encode_key",

@@ -152,6 +152,9 @@ class LimitSettings:
     send_timeout: float = 10.0
     # Distinct keys queued for one invalidation subscriber (rpc/_fanout.py).
     invalidation_queue: int = 10_000
+    # The worker's copy of values for stale-if-error answers (core/_stalecopy.py);
+    # extra memory per worker, counted against nothing else. 0 disables it.
+    stale_copy_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +391,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_SEND_TIMEOUT", "limits", "send_timeout", "10",
             "seconds a Pipeline reply may wait for a caller that does not read it; then the "
             "stream ends with RESOURCE_EXHAUSTED", _float(positive=True)),
+    Setting("CACHEGATE_STALE_COPY_BYTES", "limits", "stale_copy_bytes", "16777216",
+            "bytes of values each worker keeps to answer reads that allow staleness "
+            "(stale_if_error_seconds) while Redis cannot; extra memory per worker, counted "
+            "against no other limit; 0 disables stale answers", _int(0)),
     Setting("CACHEGATE_STREAM_SHARE", "limits", "stream_share", "0.25",
             "share of CACHEGATE_MAX_STREAMS one caller may hold in each process (a tenant "
             "with tokens, else a client IP address; at least 1 stream); 1 = no share",

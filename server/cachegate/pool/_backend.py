@@ -30,6 +30,7 @@ __all__ = [
     "human_bytes",
     "info_from",
     "no_retry",
+    "value_and_ttl",
 ]
 
 Command = Sequence[Any]
@@ -77,6 +78,11 @@ class Backend(Protocol):
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
     ) -> list[Any]:
         """Values of `keys`, in order, None for a miss; with `max_bytes`, as run_batch."""
+        ...
+
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        """GET and PTTL of `key` as one transaction (MULTI/EXEC): the replies belong to
+        the same instant. An error reply (WRONGTYPE, a refused command) is raised."""
         ...
 
     def counts(self) -> PoolCounts: ...
@@ -140,3 +146,15 @@ def info_from(sections: Mapping[str, Any]) -> ServerInfo:
         keyspace_hits=int(sections.get("keyspace_hits", 0)),
         keyspace_misses=int(sections.get("keyspace_misses", 0)),
     )
+
+
+def value_and_ttl(replies: Sequence[Any]) -> tuple[Any, Any]:
+    """GET's and PTTL's replies out of MULTI/EXEC's, or the error that stopped them."""
+    executed = replies[-1]
+    if not isinstance(executed, list):  # EXECABORT: a queued command was refused
+        raise next(reply for reply in replies if isinstance(reply, Exception))
+    value, pttl = executed
+    for reply in executed:
+        if isinstance(reply, Exception):
+            raise reply
+    return value, pttl

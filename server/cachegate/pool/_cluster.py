@@ -15,7 +15,14 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from cachegate.core import Config
-from cachegate.pool._backend import Command, PoolCounts, ServerInfo, connection_kwargs, human_bytes
+from cachegate.pool._backend import (
+    Command,
+    PoolCounts,
+    ServerInfo,
+    connection_kwargs,
+    human_bytes,
+    value_and_ttl,
+)
 from cachegate.pool._bounded import read_known, worst_case_fits
 from cachegate.pool._redispy import is_wrong_type, open_connections
 
@@ -101,6 +108,13 @@ class ClusterBackend:
             if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
                 raise reply
         return replies
+
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        # One key, one slot: a transaction on the node that owns it.
+        pipe = self._client.pipeline(transaction=True)
+        pipe.execute_command("GET", key)
+        pipe.execute_command("PTTL", key)
+        return value_and_ttl([pipe.execute(raise_on_error=False)])
 
     def get_many(
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None

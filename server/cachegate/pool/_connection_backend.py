@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from cachegate.pool._backend import Command, PoolCounts, ServerInfo, info_from
+from cachegate.pool._backend import Command, PoolCounts, ServerInfo, info_from, value_and_ttl
 from cachegate.pool._bounded import (
     BOUNDED_READ_LUA,
     LUA_COPY_BYTES,
@@ -134,14 +134,8 @@ class ConnectionBackend:
             # commands before it (a run's size is known only once it is read).
             with self._connection(timeout) as conn:
                 return self._run_segments(conn, wire, spans, timeout, max_bytes)
-        replies: list[Any] = []
         with self._connection(timeout) as conn:
-            send_many(conn, wire)
-            for _ in wire:
-                try:
-                    replies.append(read(conn, timeout))
-                except redis.ResponseError as exc:
-                    replies.append(exc)  # Redis answered: only this command failed
+            replies = _pipelined(conn, wire, timeout)
         results: list[Any] = []
         parse = self._callbacks.parse
         for command, span, reply in zip(wire, spans, replies, strict=True):
@@ -152,6 +146,14 @@ class ConnectionBackend:
             else:
                 results.append(parse(command, reply))
         return results
+
+    def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
+        # A transaction, not a Lua script: it costs Redis less (docs/performance.md)
+        # and fakeredis runs it without lupa. All four replies are read before any
+        # error is raised, so the connection goes back clean.
+        wire = [("MULTI",), ("GET", key), ("PTTL", key), ("EXEC",)]
+        with self._connection(timeout) as conn:
+            return value_and_ttl(_pipelined(conn, wire, timeout))
 
     def get_many(
         self, keys: Sequence[str | bytes], timeout: float, max_bytes: int | None = None
@@ -270,14 +272,9 @@ class ConnectionBackend:
         def flush() -> None:
             if not pending:
                 return
-            send_many(conn, pending)
-            for command in pending:
-                try:
-                    reply = read(conn, timeout)
-                except redis.ResponseError as exc:
-                    results.append(exc)
-                    continue
-                results.append(self._callbacks.parse(command, reply))
+            for command, reply in zip(pending, _pipelined(conn, pending, timeout), strict=True):
+                failed = isinstance(reply, Exception)
+                results.append(reply if failed else self._callbacks.parse(command, reply))
             pending.clear()
 
         for command, span in zip(wire, spans, strict=True):
@@ -335,3 +332,17 @@ class ConnectionBackend:
 
     def close(self) -> None:
         self._pool.disconnect()
+
+
+def _pipelined(conn: Connection, wire: Sequence[Command], timeout: float) -> list[Any]:
+    """Send `wire` in one write and read every reply: an error reply stands in its
+    command's place (Redis answered: only that command failed), and the connection
+    is left with nothing unread."""
+    send_many(conn, wire)
+    replies: list[Any] = []
+    for _ in wire:
+        try:
+            replies.append(read(conn, timeout))
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies

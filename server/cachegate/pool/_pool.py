@@ -215,6 +215,19 @@ class RedisConnectionPool:
             self._counters.reads(hits, misses)
         return replies
 
+    def get_with_ttl(self, key: str | bytes, *, timeout: float | None = None) -> tuple[Any, Any]:
+        """GET and PTTL of `key` as one atomic step (one MULTI/EXEC round trip): the
+        value (None on a miss) and PTTL's reply, so a TTL never belongs to another
+        write of the key than the value read. A key of another type raises
+        CommandError (WRONGTYPE), as `execute("GET", key)` does."""
+        value, pttl = self._with_retries(
+            lambda read_timeout: self._backend.get_with_ttl(key, read_timeout),
+            Deadline.after(timeout, self._clock),
+            retryable=True,
+        )
+        self._count_reads(value)
+        return value, pttl
+
     def get_many(
         self,
         keys: Sequence[str | bytes],

@@ -13,8 +13,8 @@ so one operation is exactly `0a (K+2) 0a K <key>` with one-byte lengths. Its key
 is checked by the key rule's cheap check for wire bytes (core/_keys.py): a length
 of 1..max_key_bytes, read here with the shape, and plain ASCII (valid UTF-8 for
 sure, as protobuf requires of a string). Any batch that is not entirely of that
-shape, or whose keys that check does not decide, returns None and takes the
-ordinary path, which parses everything and applies the full rule.
+shape, that allows stale answers, or whose keys that check does not decide, returns
+None and takes the ordinary path, which parses everything and applies the full rule.
 """
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ def _raw_batch_class() -> type[Message]:
         type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
         label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
     )
+    # PipelineRequest.stale_if_error_seconds: a batch that allows staleness reads
+    # TTLs too, on the ordinary path (see _stale.py).
+    message.field.add(
+        name="stale_if_error_seconds",
+        number=2,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("cachegate_private.RawBatch"))
@@ -50,9 +58,12 @@ _RawBatch = _raw_batch_class()
 def get_only_keys(data: bytes, max_key_bytes: int) -> list[bytes] | None:
     """The keys of a batch made only of gets of valid keys, or None (take the slow path)."""
     try:
-        operations = _RawBatch.FromString(data).operations  # type: ignore[attr-defined]
+        raw = _RawBatch.FromString(data)
     except DecodeError:
         return None
+    if raw.stale_if_error_seconds:  # type: ignore[attr-defined]
+        return None
+    operations = raw.operations  # type: ignore[attr-defined]
     limit = min(max_key_bytes, 125)  # one-byte lengths: K + 2 must stay below 128
     keys = [
         op[4:]

@@ -38,7 +38,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from cachegate.core import CircuitState
+from cachegate.core import CircuitState, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.v1 import cache_pb2
 
@@ -51,6 +51,7 @@ __all__ = [
     "PoolCollector",
     "PrometheusObserver",
     "ServerMetrics",
+    "StaleCopyCollector",
 ]
 
 _SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
@@ -351,6 +352,34 @@ class PoolCollector:
         )
 
 
+class StaleCopyCollector:
+    """Stale-if-error figures, read from the worker's copy (`StaleCopy.stats()`) at
+    scrape time: the copy counts its answers itself, under the lock it takes anyway."""
+
+    def __init__(self, copy: StaleCopy, *, worker: str = "0") -> None:
+        self._copy = copy
+        self._worker = worker
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._copy.stats()
+        answers = CounterMetricFamily(
+            "cachegate_stale_answers",
+            "Gets (unary, or a batch's) answered stale from this worker's copy because "
+            "Redis could not answer and the call allowed it (stale_if_error_seconds).",
+            labels=["worker"],
+        )
+        answers.add_metric([self._worker], stats.served_total)
+        yield answers
+        held = GaugeMetricFamily(
+            "cachegate_stale_copy_bytes",
+            "Bytes this worker's stale copy holds now (keys, values and a fixed overhead "
+            "per entry; at most CACHEGATE_STALE_COPY_BYTES).",
+            labels=["worker"],
+        )
+        held.add_metric([self._worker], stats.bytes)
+        yield held
+
+
 class ServerMetrics:
     """Everything one server process exports: its registry, observer and collectors."""
 
@@ -361,11 +390,14 @@ class ServerMetrics:
         worker_id: int = 0,
         workers: int = 1,
         services: Iterable[ServiceDescriptor] = (_SERVICE, HEALTH_SERVICE),
+        stale_copy: StaleCopy | None = None,
     ) -> None:
         worker = str(worker_id)
         self.registry = CollectorRegistry(auto_describe=False)
         self.observer = PrometheusObserver(self.registry, worker=worker, services=services)
         self.registry.register(PoolCollector(pool, worker=worker, workers=workers))
+        if stale_copy is not None:
+            self.registry.register(StaleCopyCollector(stale_copy, worker=worker))
         self._transitions = Counter(
             "cachegate_breaker_transitions_total",
             "Circuit breaker state changes, by from and to state.",

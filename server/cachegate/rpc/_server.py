@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from cachegate.core import CircuitState, Config, LimitSettings
+from cachegate.core import CircuitState, Config, LimitSettings, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.rpc._admin import AdminServicer
 from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
@@ -257,13 +257,15 @@ def create_server(
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     tls_listener: ReloadListener | None = None,
     breaker_commands: BreakerCommands | None = None,
+    stale_copy: StaleCopy | None = None,
 ) -> tuple[CacheServer, int]:
     """Build (not start) a server for `config`; returns it and the port it bound.
 
     `reuse_port` is only for our own worker processes: otherwise a second server
     on the same port must fail instead of silently taking half the traffic.
     `breaker_commands` carries admin RPCs to every worker (worker mode, see
-    rpc/_commands.py). The pool and the executor stay the caller's until this
+    rpc/_commands.py). `stale_copy`: the worker's copy of values for stale-if-error
+    answers (none: such answers are off). The pool and the executor stay the caller's until this
     returns: on failure the caller closes them (the composition root does).
 
     Interceptors, outermost first: the observer's (every call of every service,
@@ -303,6 +305,7 @@ def create_server(
         workers=workers,
         tokens=tokens,
         health=health.latest,
+        stale_copy=stale_copy,
     )
     behaviors = _behaviors(servicer, _CACHE)
     add_service(  # the servicer answers undecodable requests itself, with its error mapping

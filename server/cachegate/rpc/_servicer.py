@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from cachegate.core import LimitSettings, short_key_chars
+from cachegate.core import LimitSettings, StaleCopy, StaleValue, short_key_chars
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, RedisReport, TooLarge
 from cachegate.rpc._admin import breaker_stats
 from cachegate.rpc._auth import Identity, TokenTable, caller_identity
@@ -23,6 +23,7 @@ from cachegate.rpc._health import HealthSample
 from cachegate.rpc._limits import check_key, check_ttl, check_value
 from cachegate.rpc._replies import ReplyBudget, too_large_indexes
 from cachegate.rpc._sendwatch import SendWatch
+from cachegate.rpc._stale import StaleReads
 from cachegate.rpc._status import (
     INTERNAL,
     InvalidArgumentError,
@@ -93,6 +94,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         workers: int = 1,
         tokens: TokenTable | None = None,
         health: Callable[[], HealthSample] | None = None,
+        stale_copy: StaleCopy | None = None,
     ) -> None:
         # Stats' Redis figures: the health prober's latest (HealthReporter.latest),
         # never a Redis call of its own; without a reporter, a live check.
@@ -108,6 +110,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             limits.max_streams, limits.stream_share, limits.stream_idle_seconds
         )
         self._pool = pool
+        # The worker's copy of values for stale-if-error answers (see _stale.py).
+        self._stale = StaleReads(pool, stale_copy)
         self._limits = limits
         self._worker_id = worker_id
         self._workers = workers
@@ -143,7 +147,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         tenant = self._tenant(context)
         if tenant is not None:
             key = tenant.prefix.encode() + key
-        value = self._pool.execute("GET", key, timeout=context.time_remaining())
+        allowance = request.stale_if_error_seconds
+        if allowance and self._stale.enabled:
+            value = self._stale.get(key, allowance, context.time_remaining())
+            if isinstance(value, StaleValue):
+                if tenant is not None:
+                    self._tenants.add(tenant.tenant, 1, 0, 0)
+                return pb.GetResponse(
+                    found=True, value=value.value, stale=True, age_seconds=value.age_seconds
+                )
+        else:
+            value = self._pool.execute("GET", key, timeout=context.time_remaining())
         if tenant is not None:
             self._tenants.add(tenant.tenant, 1, int(value is not None), int(value is None))
         if value is None:
@@ -162,9 +176,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         # A large value is copied again on its way to Redis: it needs room in the budget.
         held = self._replies.hold_request(len(request.value), context)
         try:
-            self._pool.execute(
-                "SETEX", key, request.ttl_seconds, request.value, timeout=context.time_remaining()
-            )
+            # SETEX, keeping the worker's stale copy (see _stale.py).
+            self._stale.set_ex(key, request.ttl_seconds, request.value, context.time_remaining())
         finally:
             self._budget.release(held)
         return pb.SetExResponse()
@@ -176,7 +189,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         if tenant is not None:
             key = tenant.prefix.encode() + key
             self._tenants.add(tenant.tenant, 1, 0, 0)
-        removed = self._pool.execute("DEL", key, timeout=context.time_remaining())
+        removed = self._stale.delete(key, context.time_remaining())  # DEL; the copy drops it
         return pb.DeleteResponse(deleted=bool(removed))
 
     def Pipeline(  # type: ignore[override]  # requests arrive as bytes (see _fastpath)
@@ -301,15 +314,27 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         worst = gets * self._limits.max_value_bytes
         want = min(worst, self._replies.bound(size))
         granted = self._replies.reserve_read(want, context)
+        allowance = batch.stale_if_error_seconds
+        stale: list[pb.StaleAnswer] = []
         try:
-            replies = self._pool.execute_many(
+            replies = self._stale.execute_many(
                 commands,
+                allowance,
                 timeout=context.time_remaining(),
                 max_bytes=None if worst <= granted else granted,
             )
         except Exception as exc:
             rejection = _rejection(exc, "Pipeline")
-            for index in positions:
+            answers = self._stale.answers(
+                commands, exc, allowance, None if worst <= granted else granted
+            )
+            for at, index in enumerate(positions):
+                answer = answers.get(at)
+                if answer is not None:
+                    outcomes[index] = pb.OUTCOME_VALUE
+                    values[index] = answer.value
+                    stale.append(pb.StaleAnswer(index=index, age_seconds=answer.age_seconds))
+                    continue
                 outcomes[index] = pb.OUTCOME_ERROR
                 errors.append((index, code_number(rejection.code), rejection.message))
             replies = []
@@ -338,6 +363,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             outcomes=outcomes,
             values=values,
             errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
+            stale=stale,
         )
         return response, self._replies.settle(granted, response)
 
@@ -490,7 +516,8 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
 
     def _count_batch(self, tenant: str, reply: pb.PipelineResponse) -> None:
         outcomes = list(reply.outcomes)
-        self._tenants.add(tenant, len(outcomes), outcomes.count(_VALUE), outcomes.count(_NOT_FOUND))
+        hits = outcomes.count(_VALUE) - len(reply.stale)  # a stale answer read no Redis
+        self._tenants.add(tenant, len(outcomes), hits, outcomes.count(_NOT_FOUND))
 
     @_unary
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:

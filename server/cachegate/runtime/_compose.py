@@ -2,7 +2,7 @@
 
 Production (`main.run`, one process or each worker) and the test fixtures build
 servers here and nowhere else, so the tests run the wiring that ships: the pool,
-the RPC executor, metrics, breaker commands across workers, the gRPC layer
+the RPC executor, the stale copy, metrics, breaker commands across workers, the gRPC layer
 (`cachegate.rpc.create_server`) and the HTTP side port.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from cachegate.core import Config
+from cachegate.core import Config, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.rpc import CacheServer, RpcObserver, ServerMetrics, create_server, served_services
 from cachegate.runtime._board import SharedBreakerCommands, WorkerBoard
@@ -83,8 +83,14 @@ def build_service(
     """
     pool = RedisConnectionPool(config)
     threads = rpc_threads(config)
+    # Per worker: each process answers stale only from what it learned itself.
+    stale_copy = StaleCopy(config.limits.stale_copy_bytes)
     metrics = ServerMetrics(
-        pool, worker_id=worker_id, workers=workers, services=served_services(config)
+        pool,
+        worker_id=worker_id,
+        workers=workers,
+        services=served_services(config),
+        stale_copy=stale_copy,
     )
     commands = SharedBreakerCommands(board, pool.breaker) if board is not None else None
     try:
@@ -99,6 +105,7 @@ def build_service(
             tls_listener=metrics.tls_reloaded,
             breaker_commands=commands,
             interceptors=interceptors,
+            stale_copy=stale_copy,
         )
     except BaseException:
         threads.shutdown(wait=False)

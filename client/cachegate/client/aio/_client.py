@@ -27,7 +27,7 @@ import grpc.aio
 from cachegate.client import _messages as messages
 from cachegate.client._channel import ClientBase
 from cachegate.client._errors import DeadlineExceededError, from_rpc_error
-from cachegate.client._ops import Operation, Result
+from cachegate.client._ops import CacheEntry, Operation, Result
 from cachegate.client.aio._closing import AsyncClosing
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
@@ -77,10 +77,22 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
 
     # --- single keys ---------------------------------------------------------------
 
-    async def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
-        """The value, or None on a miss (an empty value comes back as b"")."""
-        stub = self._connect().stub
-        return messages.found_value(await self._call(stub.Get, pb.GetRequest(key=key), timeout))
+    async def get(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> bytes | None:
+        """The value, or None on a miss (an empty value comes back as b"").
+
+        `stale_if_error`: as CacheClient.get (a stale value when Redis cannot answer).
+        """
+        request = messages.get_request(key, stale_if_error)
+        return messages.found_value(await self._call(self._connect().stub.Get, request, timeout))
+
+    async def get_entry(
+        self, key: str, *, timeout: float | None = None, stale_if_error: int = 0
+    ) -> CacheEntry | None:
+        """As `get`, but the value comes with whether it is stale and its age; None on a miss."""
+        request = messages.get_request(key, stale_if_error)
+        return messages.entry_of(await self._call(self._connect().stub.Get, request, timeout))
 
     async def set_ex(
         self, key: str, value: bytes, ttl_seconds: int, *, timeout: float | None = None
@@ -97,25 +109,36 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
     # --- batches -------------------------------------------------------------------
 
     async def pipeline(
-        self, operations: Sequence[Operation], *, timeout: float | None = None
+        self,
+        operations: Sequence[Operation],
+        *,
+        timeout: float | None = None,
+        stale_if_error: int = 0,
     ) -> list[Result]:
-        """Run one batch (one round trip); one Result per operation, in order."""
-        async with contextlib.aclosing(self.stream([operations], timeout=timeout)) as replies:
+        """Run one batch (one round trip); one Result per operation, in order.
+
+        `stale_if_error`: as CacheClient.pipeline (see Result.stale).
+        """
+        replies = self.stream([operations], timeout=timeout, stale_if_error=stale_if_error)
+        async with contextlib.aclosing(replies):
             async for results in replies:
                 return results
         raise AssertionError("the server answered a batch with nothing")  # pragma: no cover
 
     def stream(
-        self, batches: Batches, *, timeout: float | None = None
+        self, batches: Batches, *, timeout: float | None = None, stale_if_error: int = 0
     ) -> AsyncGenerator[list[Result], None]:
         """Send batches on one Pipeline stream; yields each batch's results as they come.
 
         `batches` may be a plain or an async iterable (a plain one is read in the
         loop: it must not block). `timeout` bounds the whole stream. Leaving the
         `async for` early, or cancelling the task, cancels the stream.
+        `stale_if_error` applies to every batch (see `pipeline`).
         """
         call = self._connect().stub.Pipeline(
-            _requests(batches), timeout=self._deadline(timeout), metadata=self._metadata
+            _requests(batches, stale_if_error),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
         )
         return _relay(call, messages.decode_batch)
 
@@ -207,10 +230,12 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
             slots.release()
 
 
-def _requests(batches: Batches) -> AsyncIterator[pb.PipelineRequest] | Iterator[pb.PipelineRequest]:
+def _requests(
+    batches: Batches, stale_if_error: int
+) -> AsyncIterator[pb.PipelineRequest] | Iterator[pb.PipelineRequest]:
     if isinstance(batches, AsyncIterable):
-        return (messages.encode_batch(batch) async for batch in batches)
-    return (messages.encode_batch(batch) for batch in batches)
+        return (messages.encode_batch(batch, stale_if_error) async for batch in batches)
+    return (messages.encode_batch(batch, stale_if_error) for batch in batches)
 
 
 async def _relay(

@@ -6,8 +6,8 @@
     await cache.get("key")                       # b"value" (or "value" with decode_responses)
 
 Encoding, near cache, errors (a builtin ConnectionError when the server is
-unreachable or its breaker is open) and the health dict are RedisCache's: the
-decisions live in `cachegate.client._legacy`, shared by both.
+unreachable or its breaker is open), `stale_if_error` and the health dict are
+RedisCache's: the decisions live in `cachegate.client._legacy`, shared by both.
 """
 
 from __future__ import annotations
@@ -27,28 +27,24 @@ class AsyncRedisCache(LegacyCache[AsyncCacheClient], AsyncClosing):
     """get / set / delete / health_check of the old RedisCache, to be awaited.
 
     AsyncRedisCache(target=None, *, decode_responses=False, near_cache=None,
-    client=None, timeout=5.0, token=None): see LegacyCache. The near cache has no
-    invalidation feed here (that takes the sync client's stream on a thread): its TTL
-    bounds how stale it gets.
+    client=None, timeout=5.0, token=None, stale_if_error=0): see LegacyCache. The near
+    cache has no invalidation feed here (that takes the sync client's stream on a
+    thread): its TTL bounds how stale it gets.
     """
 
     client_type = AsyncCacheClient
 
     async def get(self, key: str) -> Any:
         """The value (bytes, or str with decode_responses), or None on a miss."""
-        near = self.near_cache
-        if near is None:
-            return self._decode(await self.client.get(key))
-        cached = near.get(key)
-        if cached is not None:
-            return self._decode(cached)
-        near.begin_load(key)  # a change heard meanwhile keeps the value out (see NearCache)
-        value = None
+        hit, value = self._lookup(key)
+        if hit:
+            return value
+        entry = None
         try:
-            value = await self.client.get(key)
+            entry = await self.client.get_entry(key, stale_if_error=self.stale_if_error)
         finally:
-            near.end_load(key, value)
-        return self._decode(value)
+            self._finish(key, entry)
+        return self._value(entry)
 
     async def set(self, key: str, value: bytes | str | int | float, ttl: int = 3600) -> bool:
         """Store `value` for `ttl` seconds (the guide's default: one hour)."""
