@@ -55,7 +55,11 @@ from bench_ratios import compute_ratios, ratio_table  # noqa: E402
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
 from redisprocs import RedisProcess, free_port, start_standalone  # noqa: E402
 
-SERVER = str(Path(sys.executable).parent / "cachegate-server")
+# CACHEGATE_BENCH_SERVER: another server command to measure with this same bench (an
+# older build, to compare two commits in one session: docs/performance.md).
+SERVER = os.environ.get("CACHEGATE_BENCH_SERVER") or str(
+    Path(sys.executable).parent / "cachegate-server"
+)
 KEYS = 1000
 VALUE = b"v" * 32
 
