@@ -24,11 +24,10 @@ from typing import Any, Protocol
 import redis
 from redis.sentinel import Sentinel
 
-from cachegate.core import Config
+from cachegate.core import Address, Config
 from cachegate.pool._pool import RedisConnectionPool
 from cachegate.pool._tracklinks import (
     FLUSHED,
-    Address,
     FakeLink,
     Link,
     RedisLink,
@@ -153,11 +152,12 @@ class InvalidationTracker:
             addresses = [self._sentinel_master()]
         else:
             addresses = [Address(settings.host, settings.port)]
-        db = 0 if backend == "cluster" else settings.db
+        # Cluster has one database; elsewhere the links SELECT the configured one on connect.
+        kwargs = {**self._kwargs, "db": 0} if backend == "cluster" else self._kwargs
         links: list[Link] = []
         try:
             for address in addresses:
-                links.append(RedisLink(address, self._kwargs, settings.tls, self._prefixes, db))
+                links.append(RedisLink(address, kwargs, settings.tls, self._prefixes))
         except BaseException:
             for link in links:
                 link.close()

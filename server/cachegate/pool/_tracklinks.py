@@ -19,12 +19,12 @@ to the same in-process server hears with PSUBSCRIBE.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from cachegate.core import Config
+from cachegate.core import Address, Config
+from cachegate.pool._backend import connection_kwargs
 
 __all__ = [
     "FLUSHED",
@@ -44,37 +44,14 @@ INVALIDATE_CHANNEL = b"__redis__:invalidate"
 KEYSPACE_PATTERN = b"__keyspace@*__:*"
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
 def link_kwargs(config: Config) -> dict[str, Any]:
     """redis-py Connection arguments for a tracking link (the pool's, less its pooling).
 
     No health-check PING before commands (a subscribed connection answers PING
     in-band, among the messages); the link's own heartbeat checks it instead.
     """
-    settings, pool = config.redis, config.pool
-    kwargs: dict[str, Any] = {
-        "username": settings.username,
-        "password": settings.password.value if settings.password else None,
-        "socket_timeout": pool.socket_timeout,
-        "socket_connect_timeout": pool.connect_timeout,
-        "health_check_interval": 0,
-        "driver_info": None,
-        "protocol": 2,
-    }
-    if settings.tls:
-        kwargs.update(
-            ssl_ca_certs=settings.tls_ca_file,
-            ssl_certfile=settings.tls_cert_file,
-            ssl_keyfile=settings.tls_key_file,
-        )
+    kwargs = connection_kwargs(config)
+    kwargs["health_check_interval"] = 0
     return kwargs
 
 
@@ -117,7 +94,7 @@ class RedisLink(Link):
     """The two connections that track one Redis master (see the module's docstring)."""
 
     def __init__(
-        self, address: Address, kwargs: dict[str, Any], tls: bool, prefixes: Sequence[str], db: int
+        self, address: Address, kwargs: dict[str, Any], tls: bool, prefixes: Sequence[str]
     ) -> None:
         self.name = str(address)
         self._subscriber = _connection(address, kwargs, tls)
@@ -128,10 +105,7 @@ class RedisLink(Link):
             client_id = int(self._subscriber.read_response())
             self._subscriber.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
             self._subscriber.read_response()  # [subscribe, channel, 1]
-            self._tracker = _connection(address, kwargs, tls)
-            if db:
-                self._tracker.send_command("SELECT", db)
-                self._tracker.read_response()
+            self._tracker = _connection(address, kwargs, tls)  # kwargs' db: SELECTed on connect
             words: list[str | int] = ["CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST"]
             for prefix in prefixes:
                 words += ["PREFIX", prefix]
