@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachegate.core import ConfigError, load_config
-from cachegate.runtime._workers import (
+from cachegate.runtime._plan import (
     check_worker_mode,
     plan_workers,
     worker_config,
@@ -364,7 +364,8 @@ def test_a_worker_that_keeps_dying_is_restarted_with_backoff(
 _FAILING_WORKER = """
 import sys, threading
 from cachegate.core import load_config
-from cachegate.runtime._workers import Supervisor, plan_workers
+from cachegate.runtime._plan import plan_workers
+from cachegate.runtime._supervisor import Supervisor
 
 def body(config, *, worker_id, workers, stop, board=None):
     if worker_id == 1:

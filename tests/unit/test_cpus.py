@@ -18,7 +18,7 @@ from cachegate.runtime._cpus import (
     read_cpu_quota,
     worker_count,
 )
-from cachegate.runtime._workers import plan_workers, worker_config
+from cachegate.runtime._plan import plan_workers, worker_config
 
 REDIS = {"CACHEGATE_BACKEND": "redis"}
 

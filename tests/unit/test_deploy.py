@@ -26,7 +26,7 @@ import yaml
 from cachegate.client import SERVICE_NAME
 from cachegate.core import SETTINGS, load_config
 from cachegate.runtime._cpus import CpuQuota
-from cachegate.runtime._workers import plan_workers
+from cachegate.runtime._plan import plan_workers
 from conftest import RunningServer, StartServer
 from redisprocs import free_port
 

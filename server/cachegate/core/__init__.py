@@ -1,4 +1,5 @@
-"""The pure core: configuration and its host:port parser, the key rule, the circuit
+"""The pure core: configuration (the settings table `_settings`, the records and
+`load_config` in `_config`) and its host:port parser, the key rule, the circuit
 breaker, deadlines, counters, the exception root and the stale copy.
 
 No I/O here, and no knowledge of gRPC or redis: the pool and the service build
@@ -14,17 +15,13 @@ from cachegate.core._config import (
     BACKEND_HINTS,
     REPLY_COPIES,
     REQUEST_COPIES,
-    SETTINGS,
-    BackendKind,
     Config,
     LimitSettings,
     PoolSettings,
     RedisSettings,
     RetrySettings,
-    Secret,
     SecuritySettings,
     ServerSettings,
-    Setting,
     load_config,
     select_backend,
 )
@@ -33,6 +30,8 @@ from cachegate.core._errors import CacheError, CircuitOpenError, ConfigError
 from cachegate.core._keys import InvalidKeyError, ascii_keys, encode_key, short_key_chars
 from cachegate.core._probe import ProbePolicy, ProbeSchedule
 from cachegate.core._repeat import RepeatedMessage, RepeatPolicy
+from cachegate.core._secret import Secret
+from cachegate.core._settings import SETTINGS, BackendKind, Setting
 from cachegate.core._stalecopy import StaleCopy, StaleCopyStats, StaleValue
 from cachegate.core._stats import CallCounters, CallStats
 

@@ -10,7 +10,7 @@ accepts, and leaves every other key to the full rule, which also words the refus
 
 - `short_key_chars`: a str of 1 to `max_bytes // 4` characters is valid without
   encoding it, since UTF-8 takes at most four bytes a character. The Pipeline's
-  per-operation loop (rpc/_servicer.py) decides the usual short key this way.
+  per-operation loop (rpc/_batches.py) decides the usual short key this way.
 - `ascii_keys`: key bytes read straight from the wire (rpc/_fastpath.py) that are
   each 1 to `max_bytes` long, a length the caller checks as it reads them, and all
   ASCII, are valid as they stand: ASCII is valid UTF-8, one byte a character.

@@ -4,9 +4,10 @@ What a call meets, in order: the observing interceptor (`_observe`: every call o
 every service reported to the metrics once), the auth interceptor (`_auth`: the
 caller's identity, resolved once and handed on with the call), the request limits
 counted on the wire before parsing (`_wire`, `_decode`, `_limits`), the servicer
-(`_servicer`: Get, SetEx, Delete, Pipeline, Stats, with its fast path `_fastpath`,
-fair streams `_streams`, the memory budget `_budget` and bounded replies `_replies`,
-`_sendwatch`), and the one mapping of errors to gRPC status codes (`_status`).
+(`_servicer`: Get, SetEx, Delete, Pipeline, Stats, with per-tenant counters
+`_tenants`, fair streams `_streams`, the memory budget `_budget` and `_sendwatch`),
+each Pipeline batch run by `_batches` (with its fast path `_fastpath` and bounded
+replies `_replies`), and the one mapping of errors to gRPC status codes (`_status`).
 Beside it: health (`_health`), reflection (`_reflection`), admin RPCs (`_admin`,
 `_commands`), TLS (`_tls`), metrics (`_metrics`) and InvalidationService
 (`_invalidations`, its fan-out `_fanout`). `create_server` assembles it

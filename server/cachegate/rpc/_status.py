@@ -11,6 +11,7 @@ to the log, never to the caller).
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from dataclasses import dataclass
 
@@ -39,8 +40,11 @@ __all__ = [
     "TooBusyError",
     "abort",
     "code_number",
+    "rejection_for",
     "status_for",
 ]
+
+log = logging.getLogger("cachegate.service")
 
 
 # Request bytes that do not decode as the method's message (_decode.py; a Pipeline
@@ -116,7 +120,8 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
 
 
 def status_for(exc: BaseException) -> Rejection | None:
-    """The status for a known condition; None means "a bug": the caller logs and sends INTERNAL."""
+    """The status for a known condition; None means "a bug" (rejection_for logs it and
+    sends INTERNAL)."""
     if isinstance(exc, InvalidArgumentError):
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=exc.violation.field, description=exc.violation.description
@@ -162,6 +167,16 @@ def status_for(exc: BaseException) -> Rejection | None:
 
 
 INTERNAL = Rejection(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def rejection_for(exc: BaseException, method: str) -> Rejection:
+    """The status for `exc` raised in `method`; a bug (no known status) is logged with
+    its traceback and becomes INTERNAL."""
+    rejection = status_for(exc)
+    if rejection is None:
+        log.error("unexpected error in %s", method, exc_info=exc)
+        return INTERNAL
+    return rejection
 
 
 def abort(context: grpc.ServicerContext, rejection: Rejection) -> None:

@@ -11,7 +11,7 @@ worker that stayed up for `stable_after` seconds has its deaths forgotten: its
 next death is a first one again.
 
 There is no limit on the number of restarts: deaths never make the supervisor
-give up the port (see `_workers.py` for the start-up errors that do).
+give up the port (see `_supervisor.py` for the start-up errors that do).
 
 Pure: no processes, no I/O; the clock and the backoff are injectable.
 """

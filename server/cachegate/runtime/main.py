@@ -4,11 +4,12 @@ Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad setting
 (one line naming the variable, or an unusable tokens/certificate file), 1 when the
 server cannot start (port taken) or, in worker mode, when a worker failed its first
 start in another way or did not stop in time. Workers that die later are restarted
-(`_workers.py`): deaths never end the supervisor.
+(`_supervisor.py`): deaths never end the supervisor.
 
 One process serves when one worker is planned (CACHEGATE_WORKERS=1, one CPU or a CPU
-quota of one CPU or less, or the embedded memory backend); otherwise a supervisor forks
-the workers (`_workers.py`) before any gRPC object exists, and each worker runs `run()` below.
+quota of one CPU or less, or the embedded memory backend: `_plan.py`); otherwise a supervisor
+forks the workers (`_supervisor.py`) before any gRPC object exists, and each worker runs
+`run()` below.
 """
 
 from __future__ import annotations
@@ -148,13 +149,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from prometheus_client import disable_created_metrics
 
     from cachegate.runtime._cpus import available_cpus, read_cpu_quota
-    from cachegate.runtime._workers import (
-        Supervisor,
-        check_worker_mode,
-        pin_to,
-        plan_workers,
-        worker_config,
-    )
+    from cachegate.runtime._plan import check_worker_mode, pin_to, plan_workers, worker_config
+    from cachegate.runtime._supervisor import Supervisor
 
     _parser().parse_args(argv)
     try:

@@ -1,16 +1,9 @@
-"""Worker processes: N servers sharing one gRPC port with SO_REUSEPORT, one per CPU.
+"""The supervisor: forks the workers of a plan (`_plan.py`), watches, restarts and stops them.
 
-A CPython process serves gRPC on about one core (the GIL); to use every core,
-`cachegate-server` forks workers that each bind the same port with SO_REUSEPORT,
-so the kernel spreads incoming connections over them. The supervisor:
+The supervisor:
 
-- plans: how many workers (CACHEGATE_WORKERS, 0 = one per CPU the process may use:
-  the smaller of the affinity set and the cgroup CPU quota, `_cpus.py`), and how
-  many Redis connections each (REDIS_MAX_CONNECTIONS // workers, so the total
-  never exceeds it; never more workers than connections; ONE worker for the
-  embedded memory backend, whose data lives in one process);
-- checks that no OTHER server holds the port (a plain bind without SO_REUSEPORT),
-  since SO_REUSEPORT would otherwise let a second cachegate share it silently;
+- checks, before forking, that no other server holds the addresses the workers
+  need (`ensure_free`);
 - forks every worker BEFORE any gRPC object exists (grpc is not fork-safe; the
   supervisor imports grpc's module, which starts no thread, but never creates a
   server or channel), with SIGTERM/SIGINT blocked around fork() so a signal can
@@ -35,46 +28,34 @@ so the kernel spreads incoming connections over them. The supervisor:
 A worker whose supervisor is gone (SIGKILL, OOM killer) notices within
 `PARENT_CHECK_INTERVAL` and stops gracefully, so no orphan keeps the port.
 
-With CACHEGATE_PIN_CPUS=1 each worker pins itself to one CPU (round robin over the
-allowed CPUs); by default none does: on a shared machine every cachegate would pin
-itself to the same lowest-numbered CPUs. When the HTTP side port is on, each serves
-its own /metrics and /health/redis on `http port + worker id`.
-
 This module creates no gRPC object; the worker body is passed in (`main.run`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Protocol
 
-from cachegate.core import Config, ConfigError, parse_address
+from cachegate.core import Config
 from cachegate.runtime._board import Board, WorkerBoard
-from cachegate.runtime._cpus import CpuQuota, available_cpus, process_cpu_share, worker_count
+from cachegate.runtime._plan import (
+    ListenError,
+    WorkerPlan,
+    ensure_free,
+    pin_to,
+    worker_config,
+    worker_http_listen,
+)
 from cachegate.runtime._restarts import RestartPolicy
 
-__all__ = [
-    "STARTUP_EXIT_CODES",
-    "ListenError",
-    "Supervisor",
-    "WorkerPlan",
-    "available_cpus",
-    "check_worker_mode",
-    "ensure_free",
-    "pin_to",
-    "plan_workers",
-    "worker_config",
-]
+__all__ = ["PARENT_CHECK_INTERVAL", "STARTUP_EXIT_CODES", "STOP_SLACK", "Supervisor", "WorkerBody"]
 
 log = logging.getLogger("cachegate.workers")
 
@@ -90,10 +71,6 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _POLL = 0.05
 
 
-class ListenError(OSError):
-    """An address the workers need is taken by another process."""
-
-
 class WorkerBody(Protocol):
     """What a worker runs (`main.run`): serve until `stop` is set; return the exit code."""
 
@@ -106,180 +83,6 @@ class WorkerBody(Protocol):
         stop: threading.Event,
         board: WorkerBoard | None = None,
     ) -> int: ...
-
-
-# --- planning ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPlan:
-    """How many workers run, and how many Redis connections each may open."""
-
-    workers: int
-    max_connections_each: int
-    requested: int
-    explicit: bool  # CACHEGATE_WORKERS was set (not 0 = one per CPU)
-    cpus: tuple[int, ...]
-    reason: str
-    quota_cpus: float | None = None  # the cgroup CPU quota, in CPUs (None: no quota)
-    cpu_share: float = 1.0  # the CPU each worker may use (process_cpu_share)
-    cpu_period: float = 0.0  # the quota's period in seconds (0: no quota)
-    pin: bool = False  # CACHEGATE_PIN_CPUS: each worker pinned to one CPU
-
-    def cpu_of(self, worker_id: int) -> int | None:
-        """The CPU worker `worker_id` pins itself to, or None (pinning is off)."""
-        return self.cpus[worker_id % len(self.cpus)] if self.pin else None
-
-    def log(self) -> None:
-        # A warning only when the operator asked for more workers than they get.
-        level = logging.WARNING if self.explicit and self.workers < self.requested else logging.INFO
-        log.log(
-            level,
-            self.reason,
-            extra={
-                "workers": self.workers,
-                "requested_workers": self.requested,
-                "cpus": len(self.cpus),
-                "cpu_quota": self.quota_cpus,
-                "cpu_share_each": round(self.cpu_share, 3),
-                "pinned": self.pin,
-                "max_connections_each": self.max_connections_each,
-                "max_connections_total": self.max_connections_each * self.workers,
-            },
-        )
-
-
-def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None) -> WorkerPlan:
-    """Decide the worker count and each worker's share of REDIS_MAX_CONNECTIONS.
-
-    `cpus`: the affinity set (`available_cpus()`); `quota`: the cgroup CPU quota
-    (`read_cpu_quota()`). By default one worker per CPU the process may use.
-    """
-    requested = config.server.workers or worker_count(len(cpus), quota)
-    max_connections = config.pool.max_connections
-    if config.backend == "memory":
-        workers = 1
-        reason = (
-            "one worker: the embedded memory backend lives in one process, "
-            "so every client sees the same data"
-        )
-    elif requested > max_connections:
-        workers = max_connections
-        reason = (
-            f"{workers} workers instead of {requested}: REDIS_MAX_CONNECTIONS={max_connections} "
-            "gives each worker at least one connection"
-        )
-    else:
-        workers = requested
-        reason = (
-            "one process, no supervisor"
-            if workers == 1
-            else f"{workers} worker processes share the port, "
-            f"{max_connections // workers} Redis connections each"
-        )
-    return WorkerPlan(
-        workers=workers,
-        max_connections_each=max_connections // workers,
-        requested=requested,
-        explicit=config.server.workers > 0,
-        cpus=tuple(cpus) or (0,),
-        reason=reason,
-        quota_cpus=quota.cpus if quota is not None else None,
-        cpu_share=process_cpu_share(len(cpus), quota, workers),
-        cpu_period=quota.period if quota is not None else 0.0,
-        pin=config.server.pin_cpus,
-    )
-
-
-def _http_listen(config: Config, worker_id: int) -> str | None:
-    if config.server.http_listen is None:
-        return None
-    side = parse_address(config.server.http_listen, listen=True)
-    return str(replace(side, port=side.port + worker_id))
-
-
-def check_worker_mode(config: Config, plan: WorkerPlan) -> None:
-    """Settings that make sense for one process but not for several: ConfigError."""
-    n = plan.workers
-    port = parse_address(config.server.listen, listen=True).port
-    if port == 0:
-        raise ConfigError(
-            f"CACHEGATE_LISTEN={config.server.listen!r}: port 0 cannot be shared by {n} "
-            "workers (each would get its own port); choose a port or set CACHEGATE_WORKERS=1"
-        )
-    if config.server.http_listen is not None:
-        http_port = parse_address(config.server.http_listen, listen=True).port
-        if http_port == 0:
-            raise ConfigError(
-                f"CACHEGATE_HTTP_LISTEN={config.server.http_listen!r}: port 0 with {n} workers "
-                "(each serves port + worker id); choose a port, 'off', or CACHEGATE_WORKERS=1"
-            )
-        if http_port + n - 1 > 65535:
-            raise ConfigError(
-                f"CACHEGATE_HTTP_LISTEN={config.server.http_listen!r}: workers use ports "
-                f"{http_port}..{http_port + n - 1}, beyond 65535"
-            )
-
-
-def worker_config(config: Config, plan: WorkerPlan, worker_id: int) -> Config:
-    """Worker `worker_id`'s config: its share of connections and of the CPU, its own
-    side port. (The single process of a one-worker plan runs worker 0's config.)"""
-    return replace(
-        config,
-        pool=replace(config.pool, max_connections=plan.max_connections_each),
-        server=replace(
-            config.server,
-            workers=plan.workers,
-            http_listen=_http_listen(config, worker_id),
-            cpu_share=plan.cpu_share,
-            cpu_period=plan.cpu_period,
-        ),
-    )
-
-
-def ensure_free(listen: str, what: str) -> None:
-    """Raise ListenError if another socket listens on `listen`.
-
-    A plain bind without SO_REUSEPORT fails against any listener, ours or not,
-    with or without SO_REUSEPORT. SO_REUSEADDR is set so that connections of a
-    previous run lingering in TIME_WAIT do not count (gRPC sets it as well).
-    """
-    where = parse_address(listen, listen=True)
-    try:
-        infos = socket.getaddrinfo(
-            where.host, where.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {listen} ({what}): {exc}") from exc
-    errors: list[OSError] = []
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-                probe.listen(1)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ListenError(
-                        f"cannot listen on {listen} ({what}): address already in use"
-                    ) from exc
-                errors.append(exc)
-    if errors and len(errors) == len(infos):
-        raise ListenError(f"cannot listen on {listen} ({what}): {errors[0]}") from errors[0]
-
-
-def pin_to(cpu: int) -> None:
-    """Pin this process to `cpu` (CACHEGATE_PIN_CPUS=1); a refusal is logged, not fatal."""
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    try:
-        os.sched_setaffinity(0, {cpu})
-        log.info("pinned to one CPU", extra={"cpu": cpu})
-    except OSError as exc:
-        log.warning("cannot pin to a CPU", extra={"cpu": cpu, "reason": str(exc)})
-
-
-# --- the supervisor ------------------------------------------------------------------
 
 
 class _WorkerTag(logging.Filter):
@@ -383,7 +186,7 @@ class Supervisor:
     def _check_addresses(self) -> None:
         ensure_free(self._config.server.listen, "CACHEGATE_LISTEN")
         for worker_id in range(self._plan.workers):
-            listen = _http_listen(self._config, worker_id)
+            listen = worker_http_listen(self._config, worker_id)
             if listen is not None:
                 ensure_free(listen, f"CACHEGATE_HTTP_LISTEN + {worker_id} for worker {worker_id}")
 
