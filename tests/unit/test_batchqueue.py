@@ -14,58 +14,72 @@ def ticket(key: str, expires: float | None = None, arrived: float = 0.0) -> Tick
     return Ticket(("GET", key.encode()), expires, arrived)
 
 
+def send_next(queue: BatchQueue, now: float) -> list[Ticket]:
+    """What the next round trip carries (the leader's thread taking it at `now`)."""
+    leader, _ = queue.returned(now)
+    if leader is None:
+        return []
+    batch, _ = queue.take(leader, now)
+    return batch
+
+
 def test_a_call_alone_goes_at_once_and_the_next_ones_queue() -> None:
     queue = BatchQueue(8, PATIENCE)
     first = ticket("a")
     assert queue.arrive(first) is True  # nothing in flight: no wait, no window
     assert first.state is State.SENT
-    later = [ticket(k) for k in "bcd"]
+    later = [ticket(k, arrived=n) for n, k in enumerate("bcd")]
     assert [queue.arrive(t) for t in later] == [False, False, False]
     assert queue.queued == 3
     assert queue.busy
     leader, expired = queue.returned(now=0.001)
     assert expired == []
-    assert leader is not None
-    assert leader.batch == later  # arrival order kept
+    assert leader is later[0]  # no deadlines: the oldest leads
     assert leader.state is State.LEADS
-    assert {t.state for t in later if t is not leader} == {State.SENT}
+    assert queue.queued == 2  # the others wait for the leader's thread to take them
+    late = ticket("e", arrived=5)
+    assert queue.arrive(late) is False  # the round trip is not sent yet: it joins
+    batch, expired = queue.take(leader, now=0.002)
+    assert batch == [*later, late]  # arrival order kept
+    assert expired == []
+    assert {t.state for t in batch if t is not leader} == {State.SENT}
     assert queue.queued == 0
-    assert queue.busy
-    assert queue.returned(now=0.002) == (None, [])
+    assert queue.busy  # the next round trip is in flight now
+    assert queue.returned(now=0.003) == (None, [])
     assert not queue.busy  # idle: the next call goes at once again
-    assert queue.arrive(ticket("e")) is True
+    assert queue.arrive(ticket("f")) is True
 
 
 def test_a_round_trip_carries_at_most_max_batch_calls() -> None:
     queue = BatchQueue(2, PATIENCE)
     queue.arrive(ticket("x"))
-    waiting = [ticket(k) for k in "abcde"]
-    for t in waiting:
-        queue.arrive(t)
+    for n, key in enumerate("abcde"):
+        queue.arrive(ticket(key, arrived=n))
     sizes = []
-    while True:
-        leader, _ = queue.returned(now=0.0)
-        if leader is None:
-            break
-        sizes.append(len(leader.batch))
+    while batch := send_next(queue, now=0.0):
+        sizes.append(len(batch))
     assert sizes == [2, 2, 1]
 
 
-def test_the_leader_is_the_call_with_the_latest_deadline() -> None:
+def test_the_leader_is_the_call_with_the_latest_deadline_and_carries_none_later() -> None:
     queue = BatchQueue(8, PATIENCE)
     queue.arrive(ticket("x"))
-    short, none, long_ = ticket("a", 5.0), ticket("b", None), ticket("c", 9.0)
+    short, none, long_ = ticket("a", 5.0, 1), ticket("b", None, 3), ticket("c", 9.0, 2)
     for t in (short, long_, none):
         queue.arrive(t)
-    leader, _ = queue.returned(now=0.0)
-    assert leader is none  # no deadline: the latest of all
-    queue.returned(now=0.0)
+    assert send_next(queue, now=0.0) == [short, long_, none]  # no deadline: the latest
+    assert send_next(queue, now=0.0) == []
     queue.arrive(ticket("y"))
-    for t in (ticket("d", 3.0), ticket("e", 7.0), ticket("f", 4.0)):
+    d, e, f = ticket("d", 3.0, 1), ticket("e", 7.0, 2), ticket("f", 4.0, 3)
+    for t in (d, e, f):
         queue.arrive(t)
     leader, _ = queue.returned(now=0.0)
-    assert leader is not None
-    assert leader.command[1] == b"e"
+    assert leader is e
+    later = ticket("g", 8.0, 4)  # queued before e's thread runs, with a later deadline
+    queue.arrive(later)
+    batch, _ = queue.take(e, now=0.0)
+    assert batch == [d, e, f]  # g would outlive the round trip's sender: the next one
+    assert send_next(queue, now=0.0) == [later]
 
 
 def test_a_queued_call_whose_deadline_passed_is_never_sent() -> None:
@@ -78,11 +92,15 @@ def test_a_queued_call_whose_deadline_passed_is_never_sent() -> None:
     assert expired == [gone]
     assert gone.state is State.EXPIRED
     assert leader is live
-    assert leader.batch == [live]
+    soon = ticket("c", expires=0.7)
+    queue.arrive(soon)
+    batch, expired = queue.take(live, now=0.8)  # it expired before the leader ran
+    assert batch == [live]
+    assert expired == [soon]
     # Only expired calls queued: nothing to send, the queue is idle.
-    queue.returned(now=0.7)
+    queue.returned(now=0.9)
     queue.arrive(ticket("y"))
-    late = ticket("c", expires=1.0)
+    late = ticket("d", expires=1.0)
     queue.arrive(late)
     assert queue.returned(now=2.0) == (None, [late])
     assert not queue.busy
@@ -114,6 +132,7 @@ def test_a_sent_call_waits_only_for_its_deadline_and_then_stops_waiting() -> Non
     queue.arrive(leader_ticket)
     leader, _ = queue.returned(now=0.0)
     assert leader is leader_ticket
+    queue.take(leader, now=0.0)
     assert member.state is State.SENT
     assert queue.wait_limit(member, now=0.1) == pytest.approx(0.4)  # no patience once sent
     assert queue.timed_out(member, now=2.0) is State.EXPIRED

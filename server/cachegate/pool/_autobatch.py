@@ -2,9 +2,9 @@
 
 The decisions (who goes when, which calls share a read) are `_batchqueue.py`'s; this
 module is their threads. There is no batching thread: the call that finds nothing in
-flight sends itself, and when a round trip returns, the thread that sent it hands
-the next one (the calls queued meanwhile) to one of their own threads, woken to send
-it, and returns its own reply. Every other caller sleeps on a lock of its own until
+flight sends itself, and when a round trip returns, the thread that sent it wakes
+one of the queued calls' threads to send the next one (with every call queued by the
+time it runs), and returns its own reply. Every other caller sleeps on a lock of its own until
 its reply is set, its deadline passes or its patience runs out (see _batchqueue.py).
 
 `alone(command, deadline)` is the pool's single-call path (retries, breaker,
@@ -135,22 +135,23 @@ class AutoBatcher:
     # --- the round trip ------------------------------------------------------------------
 
     def _lead(self, leader: Ticket) -> None:
-        """Send the batch handed to `leader` (this thread), set every caller's reply,
-        then hand the next round trip on."""
+        """Take the round trip `leader` (this thread) sends, as it runs now; send it,
+        set every caller's reply, then hand the next round trip on."""
         live: list[Ticket] = []
         try:
             with self._lock:
-                batch, leader.batch = leader.batch, []
                 now = self._clock()
-                for ticket in batch:
-                    if ticket.state not in _IN_TRIP:
-                        continue  # it gave up while the batch was handed over
-                    if ticket.expires is not None and ticket.expires <= now:
+                batch, expired = self._queue.take(leader, now)
+                for ticket in expired:
+                    ticket.wake.release()
+                if leader.expires is not None and leader.expires <= now:
+                    # Its deadline was the batch's latest: every call in it is past its own.
+                    for ticket in batch:
                         ticket.state = State.EXPIRED  # never sent
                         if ticket is not leader:
                             ticket.wake.release()
-                        continue
-                    live.append(ticket)
+                else:
+                    live = batch
             if live:
                 self._send(leader, live)
         finally:

@@ -3,16 +3,19 @@
 Natural batching, with no timer window: a call that finds no round trip of its
 pool's batcher in flight goes to Redis at once, alone, exactly as without
 batching. Calls that arrive while a round trip is in flight queue; when it
-returns, the queued calls (at most `max_batch`, oldest first) go together as the
-next round trip. So a call alone waits for nothing, and under concurrency a round
-trip carries every call that arrived during the one before it.
+returns, one of them is woken to send the next round trip (the leader: its thread
+does the I/O), and when its thread runs it takes every call queued by then (at most
+`max_batch`, in arrival order). So a call alone waits for nothing, and under
+concurrency a round trip carries every call that arrived during the one before it,
+and during its leader's wake-up too.
 
 Each call keeps its own deadline. A call whose deadline passes while it is queued
 leaves the queue (DEADLINE_EXCEEDED) and is never sent; one whose deadline passes
-while its round trip is in flight stops waiting, and its reply is dropped. The call
-that sends a round trip (the leader) is the one of the batch with the latest
-deadline, so the round trip may wait for Redis as long as any of its callers and
-no longer, and the leader is never held past its own deadline.
+while its round trip is in flight stops waiting, and its reply is dropped. The
+leader is the queued call with the latest deadline, and its round trip carries only
+calls whose deadline is no later than its own (a later one waits for the next): the
+round trip waits for Redis as long as its sender may and no longer, no caller is
+failed by a deadline shorter than its own, and the leader is never held past its own.
 
 A queued call waits for the round trip in flight at most `patience` seconds (the
 pool's REDIS_POOL_TIMEOUT, the wait it would accept for a free connection): past
@@ -54,14 +57,13 @@ class State(enum.Enum):
 class Ticket:
     """One call as the queue sees it (mutable: its state moves under the batcher's lock)."""
 
-    __slots__ = ("arrived", "batch", "command", "error", "expires", "reply", "state", "wake")
+    __slots__ = ("arrived", "command", "error", "expires", "reply", "state", "wake")
 
     def __init__(self, command: Command, expires: float | None, arrived: float) -> None:
         self.command = command
         self.expires = expires  # the deadline on the pool's clock; None: none
         self.arrived = arrived
         self.state = State.QUEUED
-        self.batch: list[Ticket] = []  # the round trip to send, while LEADS
         self.reply: Any = None
         self.error: BaseException | None = None
         self.wake: Any = None  # the batcher's handle to wake the waiting thread
@@ -69,6 +71,10 @@ class Ticket:
 
 def _later(ticket: Ticket) -> float:
     return float("inf") if ticket.expires is None else ticket.expires
+
+
+def _arrival(ticket: Ticket) -> float:
+    return ticket.arrived
 
 
 class BatchQueue:
@@ -105,28 +111,43 @@ class BatchQueue:
         return False
 
     def returned(self, now: float) -> tuple[Ticket | None, list[Ticket]]:
-        """The round trip in flight returned: the leader of the next one (its batch in
-        `leader.batch`, in arrival order), or None when nothing is queued (idle now);
-        and the queued calls whose deadline passed (EXPIRED, never sent)."""
-        batch: list[Ticket] = []
-        expired: list[Ticket] = []
-        queue = self._queue
-        while queue and len(batch) < self._max_batch:
-            ticket = queue.popleft()
-            if ticket.expires is not None and ticket.expires <= now:
-                ticket.state = State.EXPIRED
-                expired.append(ticket)
-            else:
-                ticket.state = State.SENT
-                batch.append(ticket)
-        if not batch:  # the queue is empty (the loop stops short only on a full batch)
+        """The round trip in flight returned: the call that sends the next one (LEADS,
+        out of the queue; its thread takes its batch when it runs, `take`), or None when
+        nothing is queued (idle now); and the queued calls whose deadline passed
+        (EXPIRED, never sent)."""
+        expired = self._drop_expired(now)
+        if not self._queue:
             self._busy = False
             return None, expired
-        leader = max(batch, key=_later)  # the latest deadline: see the module's docstring
+        leader = max(self._queue, key=_later)  # the latest deadline, the oldest of equals
+        self._queue.remove(leader)
         leader.state = State.LEADS
-        leader.batch = batch
-        self._busy = True
         return leader, expired
+
+    def take(self, leader: Ticket, now: float) -> tuple[list[Ticket], list[Ticket]]:
+        """The round trip `leader` sends, taken as its thread runs: the leader and the
+        calls queued by now whose deadline is no later than its own, at most
+        `max_batch`, in arrival order; and the queued calls whose deadline passed."""
+        expired = self._drop_expired(now)
+        limit = _later(leader)
+        batch = [leader]
+        kept: collections.deque[Ticket] = collections.deque()
+        for ticket in self._queue:
+            if len(batch) < self._max_batch and _later(ticket) <= limit:
+                ticket.state = State.SENT
+                batch.append(ticket)
+            else:
+                kept.append(ticket)
+        self._queue = kept
+        batch.sort(key=_arrival)
+        return batch, expired
+
+    def _drop_expired(self, now: float) -> list[Ticket]:
+        expired = [t for t in self._queue if t.expires is not None and t.expires <= now]
+        for ticket in expired:
+            ticket.state = State.EXPIRED
+            self._queue.remove(ticket)
+        return expired
 
     def wait_limit(self, ticket: Ticket, now: float) -> float | None:
         """How long the waiting call may sleep before `timed_out` must look at it
