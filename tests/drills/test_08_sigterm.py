@@ -6,6 +6,11 @@ a second later. Expected: those in-flight calls complete OK (the grace period le
 every call that starts after the signal gets UNAVAILABLE, the process exits 0 within the
 grace period, and every acknowledged write is in Redis (read there directly: the gateway
 is gone by then).
+
+Auto-batching is off here (CACHEGATE_AUTO_BATCH=0): the drill sees its calls in flight as
+connections in use, one per call, and batched they would share one connection while the
+others queue (with it on, on 2026-11-30, the four long calls still ended OK, later calls
+UNAVAILABLE, exit 0 after 0.7 s; only this count of connections fell short).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def test_sigterm_under_load(
             "CACHEGATE_BACKEND": "redis",
             "REDIS_URL": redis_server.url,
             "CACHEGATE_GRACE_SECONDS": str(GRACE),
+            "CACHEGATE_AUTO_BATCH": "0",
         },
         http=True,
     )

@@ -158,6 +158,9 @@ class ServerSettings:
     workers: int = 0  # 0 means one per CPU the process may use (affinity and quota)
     pin_cpus: bool = False
     rpc_threads: int = 8
+    # Unary GET, SETEX and DEL calls that meet in a worker share Redis round trips
+    # (pool/_autobatch.py); the in-process pool of the guide's API never batches.
+    auto_batch: bool = True
     # Not settings: what the supervisor found (runtime/_cpus.py), for the thread pool.
     cpu_share: float = 1.0  # the CPU one process may use, in CPUs
     cpu_period: float = 0.0  # the CPU quota's period in seconds; 0 without a quota

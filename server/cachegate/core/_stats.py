@@ -23,6 +23,9 @@ class CallStats:
     wait_timeouts_total: int
     hits_total: int
     misses_total: int
+    # Calls that went to Redis in a round trip another call sent (auto-batching): the
+    # round trips they would have cost on their own, saved.
+    round_trips_saved_total: int = 0
 
     @property
     def hit_rate(self) -> float | None:
@@ -44,13 +47,14 @@ class CallCounters:
         "_lock",
         "_misses",
         "_retries",
+        "_saved",
         "_wait_timeouts",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls = self._failures = self._retries = 0
-        self._wait_timeouts = self._hits = self._misses = 0
+        self._wait_timeouts = self._hits = self._misses = self._saved = 0
 
     def call(self, n: int = 1) -> None:
         with self._lock:
@@ -73,6 +77,11 @@ class CallCounters:
             self._hits += hits
             self._misses += misses
 
+    def shared(self, calls: int) -> None:
+        """`calls` calls rode in a round trip another call sent."""
+        with self._lock:
+            self._saved += calls
+
     def snapshot(self) -> CallStats:
         with self._lock:
             return CallStats(
@@ -82,4 +91,5 @@ class CallCounters:
                 wait_timeouts_total=self._wait_timeouts,
                 hits_total=self._hits,
                 misses_total=self._misses,
+                round_trips_saved_total=self._saved,
             )

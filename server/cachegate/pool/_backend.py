@@ -80,6 +80,12 @@ class Backend(Protocol):
         """Values of `keys`, in order, None for a miss; with `max_bytes`, as run_batch."""
         ...
 
+    def run_each(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        """Run commands as one pipeline, each as itself (no GETs read as one MGET, so a
+        key of another type is WRONGTYPE as for a single GET): one reply per command,
+        an error reply standing as an exception in its place (auto-batching)."""
+        ...
+
     def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
         """GET and PTTL of `key` as one transaction (MULTI/EXEC): the replies belong to
         the same instant. An error reply (WRONGTYPE, a refused command) is raised."""

@@ -73,6 +73,11 @@ class ClusterBackend:
             return self._run_segments(commands, max_bytes)
         return self._pipeline(commands)
 
+    def run_each(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        # Not used by the pool (auto-batching stays off on Cluster: see _pool.py); a
+        # ClusterPipeline sends each command as itself, one pipeline per node.
+        return self._pipeline(commands)
+
     def _run_segments(self, commands: Sequence[Command], max_bytes: int) -> list[Any]:
         """The commands before each run of gets as one pipeline, then the run read in
         chunks within what is left of the bound (a run's keys span slots: no script)."""

@@ -147,6 +147,26 @@ class ConnectionBackend:
                 results.append(parse(command, reply))
         return results
 
+    def run_each(self, commands: Sequence[Command], timeout: float) -> list[Any]:
+        if self._rewrite is not None:
+            commands = [self._rewrite(command) for command in commands]
+        # Packed by hiredis in C, as one write; every reply is read, so the connection
+        # goes back with nothing unread.
+        packed = b"".join([pack_command(tuple(command)) for command in commands])
+        replies: list[Any] = []
+        with self._connection(timeout) as conn:
+            send_packed(conn, packed)
+            for _ in commands:
+                try:
+                    replies.append(read(conn, timeout))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        parse = self._callbacks.parse
+        return [
+            reply if isinstance(reply, Exception) else parse(command, reply)
+            for command, reply in zip(commands, replies, strict=True)
+        ]
+
     def get_with_ttl(self, key: str | bytes, timeout: float) -> tuple[Any, Any]:
         # A transaction, not a Lua script: it costs Redis less (docs/performance.md)
         # and fakeredis runs it without lupa. All four replies are read before any

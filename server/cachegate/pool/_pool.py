@@ -15,6 +15,14 @@ So REDIS_FAILURE_THRESHOLD counts failed calls, not attempts: with 3 retries a c
 that fails is one failure (not four), and one that succeeds on a retry is a success.
 No lock is held across the Redis call or the back-off sleep.
 
+With `auto_batch` (the server turns it on: CACHEGATE_AUTO_BATCH), single GET, SETEX
+and DEL calls that meet in the pool share round trips (`_autobatch.py`,
+`_batchqueue.py`): a call alone goes at once as above; calls that arrive while a
+round trip is in flight go together as the next one, through the same path (one
+permit, one verdict for the breaker, retries, a slot), each with its own reply or
+error. Off on Cluster, where a round trip's keys would span slots and nodes: there
+every call goes alone.
+
 While the breaker is OPEN, a prober thread PINGs Redis in the background (no user
 call) on the core's `ProbeSchedule`: about a second after the opening, then at
 doubling intervals up to REDIS_RECOVERY_TIMEOUT. A PING that answers ends the
@@ -53,8 +61,10 @@ from cachegate.core import (
     ProbeSchedule,
     StateListener,
 )
+from cachegate.pool._autobatch import AutoBatcher
 from cachegate.pool._backend import Backend
 from cachegate.pool._backends import make_backend
+from cachegate.pool._batchqueue import Command, plan
 from cachegate.pool._bounded import PartialRead, TooLarge
 from cachegate.pool._commands import IDEMPOTENT, READS, WRITES
 from cachegate.pool._errors import (
@@ -76,6 +86,9 @@ log = logging.getLogger("cachegate.pool")
 
 # A health check must answer quickly even when Redis hangs.
 HEALTH_TIMEOUT = 1.0
+
+# The calls auto-batching carries (the service's unary calls), by name and argument count.
+BATCHED: dict[str, int] = {"GET": 1, "SETEX": 3, "DEL": 1}
 
 
 @dataclass(slots=True)
@@ -106,6 +119,7 @@ class RedisConnectionPool:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        auto_batch: bool = False,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -128,6 +142,12 @@ class RedisConnectionPool:
         self._probe_stop = threading.Event()
         self._probes = {"success": 0, "failure": 0}
         self._breaker.add_listener(self._on_breaker_change)
+        # A queued call waits for the round trip in flight as it would for a connection.
+        self._batcher: AutoBatcher | None = None
+        if auto_batch and self._backend.kind != "cluster":
+            self._batcher = AutoBatcher(
+                self._run_alone, self._run_shared, patience=config.pool.wait_timeout, clock=clock
+            )
 
     def _reap_every(self) -> float:
         # Look for idle connections a few times per idle timeout, at most once a second.
@@ -148,21 +168,80 @@ class RedisConnectionPool:
         retries); without it the configured socket timeout bounds each attempt.
         """
         name = command.upper()
-        cmd = (command, *args)
         if self._wait_replicas and name in WRITES:
             # Durable mode: the write and a WAIT go on one connection, in one round trip.
             [reply] = self.execute_many([(name, *args)], timeout=timeout)
             if isinstance(reply, Exception):
                 raise reply
             return reply
+        batcher = self._batcher
+        if batcher is not None and BATCHED.get(name) == len(args):
+            return batcher.call((name, *args), Deadline.after(timeout, self._clock))
+        return self._run_alone((command, *args), Deadline.after(timeout, self._clock))
+
+    @property
+    def auto_batcher(self) -> AutoBatcher | None:
+        """The batcher of single calls, None when auto-batching is off (see above)."""
+        return self._batcher
+
+    def _run_alone(self, cmd: Command, deadline: Deadline) -> Any:
+        """One command on its own round trip: execute()'s path without batching."""
+        name = str(cmd[0]).upper()
         result = self._with_retries(
             lambda read_timeout: self._backend.run(cmd, read_timeout),
-            Deadline.after(timeout, self._clock),
+            deadline,
             retryable=name in IDEMPOTENT,
         )
         if name in READS:
             self._count_reads(result)
         return result
+
+    def _run_shared(self, commands: list[Command], deadline: Deadline) -> list[Any]:
+        """Calls batched by the AutoBatcher as one round trip: each call's reply, or the
+        error Redis answered it with in its place (CommandError, ...). An outage fails
+        the round trip as a whole, counted once for the breaker like any call, and is
+        retried as any call of these idempotent commands is."""
+        wire, at = plan(commands)
+        if len(commands) > 1:
+            self._counters.shared(len(commands) - 1)
+        if len(wire) == 1:  # one command (identical GETs): the single call's own path
+            command = wire[0]
+            replies = [
+                self._with_retries(
+                    lambda read_timeout: self._backend.run(command, read_timeout),
+                    deadline,
+                    retryable=True,
+                )
+            ]
+        else:
+            replies = self._with_retries(
+                lambda read_timeout: self._replies_of(wire, read_timeout), deadline, retryable=True
+            )
+        results = [replies[index] for index in at]
+        hits = misses = 0
+        for command, result in zip(commands, results, strict=True):
+            if command[0] == "GET" and not isinstance(result, Exception):
+                if result is None:
+                    misses += 1
+                else:
+                    hits += 1
+        if hits or misses:
+            self._counters.reads(hits, misses)
+        return results
+
+    def _replies_of(self, wire: list[Command], read_timeout: float) -> list[Any]:
+        """One attempt of a shared round trip; an error reply that says Redis cannot
+        serve (as the call alone would have raised it) fails the attempt as a whole."""
+        replies = self._backend.run_each(wire, read_timeout)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                kind = classify(reply) or ErrorKind.REPLY
+                if kind is not ErrorKind.REPLY:
+                    raise reply
+                error = translate(reply, kind)
+                error.__cause__ = reply
+                replies[index] = error
+        return replies
 
     def execute_many(
         self,

@@ -72,6 +72,7 @@ class PoolSnapshot:
             "hits": calls.hits_total,
             "misses": calls.misses_total,
             "hit_rate": calls.hit_rate,  # None before any read (see CallStats.hit_rate)
+            "round_trips_saved": calls.round_trips_saved_total,
         }
 
     def health_dict(self) -> dict[str, Any]:

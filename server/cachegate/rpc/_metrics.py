@@ -338,6 +338,12 @@ class PoolCollector:
             "Retries of idempotent commands after an outage-class error.",
             calls.retries_total,
         )
+        yield counter(
+            "cachegate_redis_round_trips_saved",
+            "Unary calls that went to Redis in a round trip another call sent "
+            "(CACHEGATE_AUTO_BATCH).",
+            calls.round_trips_saved_total,
+        )
         # The hit rate is hits / (hits + misses) of these two (the same counters as
         # health_check's and Stats' hit_rate): no third, separately computed copy.
         yield counter(

@@ -81,7 +81,7 @@ def build_service(
     is taken, ServerStartError for an unusable tokens or certificate file; nothing is
     left open then.
     """
-    pool = RedisConnectionPool(config)
+    pool = RedisConnectionPool(config, auto_batch=config.server.auto_batch)
     threads = rpc_threads(config)
     # Per worker: each process answers stale only from what it learned itself.
     stale_copy = StaleCopy(config.limits.stale_copy_bytes)
