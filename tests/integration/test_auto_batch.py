@@ -160,7 +160,12 @@ def test_a_wrongtype_caller_in_a_batch_is_failed_precondition_over_grpc(
     start_server: StartServer, redis_server: RedisProcess
 ) -> None:
     server = start_server(
-        {"CACHEGATE_BACKEND": "redis", "REDIS_URL": redis_server.url, "REDIS_POOL_TIMEOUT": "10"}
+        {
+            "CACHEGATE_BACKEND": "redis",
+            "REDIS_URL": redis_server.url,
+            "REDIS_POOL_TIMEOUT": "10",
+            "CACHEGATE_AUTO_BATCH": "1",
+        }
     )
     served = server.server.pool
     admin = redis_server.client()
@@ -293,12 +298,12 @@ def test_a_stuck_round_trip_lets_queued_calls_go_alone_after_the_pool_timeout(
     pool.close()
 
 
-def test_the_server_batches_by_default_and_the_setting_switches_it_off(
+def test_the_server_batches_only_when_the_setting_says_so(
     start_server: StartServer, redis_server: RedisProcess
 ) -> None:
     env = {"CACHEGATE_BACKEND": "redis", "REDIS_URL": redis_server.url}
-    assert start_server(env).server.pool.auto_batcher is not None
-    assert start_server({**env, "CACHEGATE_AUTO_BATCH": "0"}).server.pool.auto_batcher is None
+    assert start_server(env).server.pool.auto_batcher is None  # off by default (README)
+    assert start_server({**env, "CACHEGATE_AUTO_BATCH": "1"}).server.pool.auto_batcher is not None
     # The in-process pool of the guide's API never batches unless asked to.
     plain = RedisConnectionPool(load_config(env))
     assert plain.auto_batcher is None

@@ -159,8 +159,9 @@ class ServerSettings:
     pin_cpus: bool = False
     rpc_threads: int = 8
     # Unary GET, SETEX and DEL calls that meet in a worker share Redis round trips
-    # (pool/_autobatch.py); the in-process pool of the guide's API never batches.
-    auto_batch: bool = True
+    # (pool/_autobatch.py), when switched on; the in-process pool of the guide's API
+    # never batches. Off by default: see the README's "Auto-batching".
+    auto_batch: bool = False
     # Not settings: what the supervisor found (runtime/_cpus.py), for the thread pool.
     cpu_share: float = 1.0  # the CPU one process may use, in CPUs
     cpu_period: float = 0.0  # the CPU quota's period in seconds; 0 without a quota

@@ -181,11 +181,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_RPC_THREADS", "server", "rpc_threads", "8",
             "threads kept serving RPCs per process; long calls (streams, a hung Redis) "
             "get more, up to CACHEGATE_MAX_CONCURRENT_RPCS", _int(1)),
-    Setting("CACHEGATE_AUTO_BATCH", "server", "auto_batch", "1",
+    Setting("CACHEGATE_AUTO_BATCH", "server", "auto_batch", "0",
             "1: unary Get, SetEx and Delete calls that meet in a worker go to Redis together, "
             "one round trip for the calls that arrived while the one before was in flight "
             "(a call alone goes at once); identical Gets in one round trip share one read; "
-            "0: every call has a round trip of its own", _bool),
+            "0: every call has a round trip of its own (opt-in for now: see README)", _bool),
     Setting("CACHEGATE_LOG_LEVEL", "server", "log_level", "INFO", "log level", _log_level),
     Setting("CACHEGATE_MAX_KEY_BYTES", "limits", "max_key_bytes", "1024",
             "longest key accepted, in UTF-8 bytes", _int(1)),
