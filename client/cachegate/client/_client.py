@@ -12,8 +12,6 @@ from cachegate.client._channel import ClientBase
 from cachegate.client._errors import from_rpc_error
 from cachegate.client._invalidations import InvalidationStream
 from cachegate.client._messages import (
-    HEALTH_CHECK_METHOD,
-    HEALTH_WATCH_METHOD,
     HealthStatus,
     decode_batch,
     encode_batch,
@@ -24,6 +22,7 @@ from cachegate.client._messages import (
     health_status,
 )
 from cachegate.client._ops import CacheEntry, Operation, Result
+from cachegate.client._wire import HEALTH_CHECK, HEALTH_WATCH
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
 from cachegate.v1 import invalidation_pb2, invalidation_pb2_grpc
@@ -48,8 +47,8 @@ class CacheClient(ClientBase[grpc.Channel]):
         self._channel = self._open_channel(grpc.insecure_channel, grpc.secure_channel)
         self._stub = pb_grpc.CacheServiceStub(self._channel)
         # No (de)serializers: the health messages travel as bytes (see _wire).
-        self._health_check = self._channel.unary_unary(HEALTH_CHECK_METHOD, None, None)
-        self._health_watch = self._channel.unary_stream(HEALTH_WATCH_METHOD, None, None)
+        self._health_check = self._channel.unary_unary(HEALTH_CHECK, None, None)
+        self._health_watch = self._channel.unary_stream(HEALTH_WATCH, None, None)
         self._invalidations = invalidation_pb2_grpc.InvalidationServiceStub(self._channel)
 
     # --- single keys ---------------------------------------------------------------

@@ -13,17 +13,10 @@ import grpc
 
 from cachegate.client._errors import error_for, status_code
 from cachegate.client._ops import CacheEntry, Delete, Get, Operation, Result, SetEx
-from cachegate.client._wire import (
-    HEALTH_CHECK,
-    HEALTH_WATCH,
-    decode_health_response,
-    encode_health_request,
-)
+from cachegate.client._wire import decode_health_response, encode_health_request
 from cachegate.v1 import cache_pb2 as pb
 
 __all__ = [
-    "HEALTH_CHECK_METHOD",
-    "HEALTH_WATCH_METHOD",
     "HealthStatus",
     "decode_batch",
     "encode_batch",
@@ -34,8 +27,6 @@ __all__ = [
     "health_status",
 ]
 
-HEALTH_CHECK_METHOD = HEALTH_CHECK
-HEALTH_WATCH_METHOD = HEALTH_WATCH
 
 HealthStatus = Literal["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 _HEALTH_NAMES: dict[int, HealthStatus] = {

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from cachegate.rpc._decode import handler_factory
-from cachegate.v1 import admin_pb2
+from cachegate.rpc._services import ADMIN, HEALTH
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -54,10 +53,10 @@ else:
 
 Role = Literal["client", "admin"]
 # Method paths are "/<service full name>/<method>"; the names come from the descriptors.
-ADMIN_PREFIX = f"/{admin_pb2.DESCRIPTOR.services_by_name['AdminService'].full_name}/"
+ADMIN_PREFIX = f"/{ADMIN.full_name}/"
 # Reflection by package: both of its versions (v1 and v1alpha) stay open.
 OPEN_PREFIXES = (
-    f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/",
+    f"/{HEALTH.full_name}/",
     "/grpc.reflection.",
 )
 MIN_TOKEN_LENGTH = 16

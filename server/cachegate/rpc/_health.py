@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2
 
 from cachegate.core import CircuitOpenError, CircuitState, RepeatedMessage
 from cachegate.pool import CacheError, PoolSnapshot, RedisConnectionPool
-from cachegate.v1 import cache_pb2
+from cachegate.rpc._services import CACHE
 
 __all__ = [
     "SERVICE_NAME",
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # The cache's health name: its service's full name, as grpc_health names services.
-SERVICE_NAME: str = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+SERVICE_NAME: str = CACHE.full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,13 +39,12 @@ from prometheus_client.core import (
 
 from cachegate.core import CircuitState, StaleCopy
 from cachegate.pool import RedisConnectionPool
-from cachegate.v1 import cache_pb2
+from cachegate.rpc._services import CACHE, HEALTH
 
 __all__ = [
     "BREAKER_STATE_VALUES",
     "GRPC_SERVICE",
     "HANDLING_BUCKETS",
-    "HEALTH_SERVICE",
     "TLS_RELOAD_RESULTS",
     "PoolCollector",
     "PrometheusObserver",
@@ -54,9 +52,7 @@ __all__ = [
     "StaleCopyCollector",
 ]
 
-_SERVICE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
-GRPC_SERVICE: str = _SERVICE.full_name  # "cachegate.v1.CacheService"
-HEALTH_SERVICE: ServiceDescriptor = health_pb2.DESCRIPTOR.services_by_name["Health"]
+GRPC_SERVICE: str = CACHE.full_name  # "cachegate.v1.CacheService"
 
 # cachegate_breaker_state's value per state (CircuitState values).
 BREAKER_STATE_VALUES: dict[str, int] = {
@@ -144,7 +140,7 @@ class PrometheusObserver:
         registry: CollectorRegistry,
         *,
         worker: str = "0",
-        services: Iterable[ServiceDescriptor] = (_SERVICE, HEALTH_SERVICE),
+        services: Iterable[ServiceDescriptor] = (CACHE, HEALTH),
     ) -> None:
         self._worker = worker
         self._lock = threading.Lock()
@@ -395,7 +391,7 @@ class ServerMetrics:
         *,
         worker_id: int = 0,
         workers: int = 1,
-        services: Iterable[ServiceDescriptor] = (_SERVICE, HEALTH_SERVICE),
+        services: Iterable[ServiceDescriptor] = (CACHE, HEALTH),
         stale_copy: StaleCopy | None = None,
     ) -> None:
         worker = str(worker_id)

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health_pb2
 
 from cachegate.core import CircuitState, Config, LimitSettings, StaleCopy
 from cachegate.pool import RedisConnectionPool
@@ -32,9 +31,9 @@ from cachegate.rpc._invalidations import InvalidationServicer
 from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
 from cachegate.rpc._reflection import REFLECTION_SERVICES, enable_reflection, reflection_descriptors
 from cachegate.rpc._servicer import CacheServicer
+from cachegate.rpc._services import ADMIN, CACHE, HEALTH, INVALIDATION
 from cachegate.rpc._tls import ReloadListener, TlsFileError, read_tls_files, server_credentials
 from cachegate.rpc._wire import request_limits
-from cachegate.v1 import admin_pb2, cache_pb2, invalidation_pb2
 
 __all__ = [
     "AddressInUseError",
@@ -213,21 +212,15 @@ def http2_abuse_options(limits: LimitSettings) -> list[tuple[str, int]]:
     ]
 
 
-_CACHE = cache_pb2.DESCRIPTOR.services_by_name["CacheService"]
-_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
-_ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
-_INVALIDATION = invalidation_pb2.DESCRIPTOR.services_by_name["InvalidationService"]
-
-
 def served_services(config: Config) -> list[ServiceDescriptor]:
     """The services a server built for `config` serves (its metrics start from these).
 
     Admin RPCs exist only where callers are authenticated (a tokens file), reflection
     only when CACHEGATE_REFLECTION is on.
     """
-    services = [_CACHE, _INVALIDATION, _HEALTH]
+    services = [CACHE, INVALIDATION, HEALTH]
     if config.security.tokens_file:
-        services.append(_ADMIN)
+        services.append(ADMIN)
     if config.server.reflection:
         services.extend(reflection_descriptors())
     return services
@@ -307,10 +300,10 @@ def create_server(
         health=health.latest,
         stale_copy=stale_copy,
     )
-    behaviors = _behaviors(servicer, _CACHE)
+    behaviors = _behaviors(servicer, CACHE)
     add_service(  # the servicer answers undecodable requests itself, with its error mapping
         server,
-        _CACHE,
+        CACHE,
         behaviors,
         guarded=False,
         raw=frozenset({"Pipeline"}),
@@ -318,14 +311,14 @@ def create_server(
     )
     invalidations = InvalidationServicer(pool, limits, servicer.streams, tokens)
     add_service(  # the servicer answers undecodable requests itself
-        server, _INVALIDATION, _behaviors(invalidations, _INVALIDATION), guarded=False
+        server, INVALIDATION, _behaviors(invalidations, INVALIDATION), guarded=False
     )
     services = served_services(config)
-    if _ADMIN in services:
+    if ADMIN in services:
         admin = AdminServicer(pool, breaker_commands)
-        add_service(server, _ADMIN, _behaviors(admin, _ADMIN))
+        add_service(server, ADMIN, _behaviors(admin, ADMIN))
     pool.add_state_listener(_log_transition)
-    add_service(server, _HEALTH, _behaviors(health.servicer, _HEALTH))
+    add_service(server, HEALTH, _behaviors(health.servicer, HEALTH))
     if config.server.reflection:  # v1 and v1alpha, with the .proto's comments
         listed = [s.full_name for s in services if s.full_name not in REFLECTION_SERVICES]
         enable_reflection(listed, server)

@@ -28,6 +28,7 @@ from cachegate.client import _messages as messages
 from cachegate.client._channel import ClientBase
 from cachegate.client._errors import DeadlineExceededError, from_rpc_error
 from cachegate.client._ops import CacheEntry, Operation, Result
+from cachegate.client._wire import HEALTH_CHECK, HEALTH_WATCH
 from cachegate.client.aio._closing import AsyncClosing
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
@@ -186,8 +187,8 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
                 channel,
                 pb_grpc.CacheServiceStub(channel),  # typed as the AsyncStub for aio
                 # No (de)serializers: the health messages travel as bytes (see _wire).
-                channel.unary_unary(messages.HEALTH_CHECK_METHOD, None, None),
-                channel.unary_stream(messages.HEALTH_WATCH_METHOD, None, None),
+                channel.unary_unary(HEALTH_CHECK, None, None),
+                channel.unary_stream(HEALTH_WATCH, None, None),
                 asyncio.Semaphore(self.MAX_CONCURRENT_CALLS),
             )
         elif connection.loop is not loop:
