@@ -2,8 +2,10 @@
 
 Two workers, REDIS_SOCKET_TIMEOUT=0.5, REDIS_RECOVERY_TIMEOUT=60, load running
 (callers' deadlines of 2 s, so a stalled Redis times out on the server's own 0.5 s and
-the breakers open). Every worker also has a caller of its own (a connection found
-through Stats' worker id) sending Gets one after the other.
+the breakers open). Every worker also has callers of its own (CALLERS_PER_WORKER threads
+on a connection found through Stats' worker id) sending Gets one after the other, so each
+worker's breaker meets its failure threshold in the stall however the kernel spreads the
+load's connections between the workers.
 
 1. Redis is SIGSTOPped for 3 s, then SIGCONTed. Every worker's breaker must open, and
    every worker must answer a Get OK again within RECOVERY_BOUND seconds of the SIGCONT:
@@ -44,6 +46,8 @@ DOWN_SECONDS = 10.0
 # after the one that found Redis stopped, plus a PING's timeout and a call.
 RECOVERY_BOUND = 3.0
 CALL_DEADLINE = 2.0
+# More than REDIS_FAILURE_THRESHOLD (5) calls failing at once on every worker.
+CALLERS_PER_WORKER = 6
 
 
 def schedule_allows(seconds: float) -> int:
@@ -112,15 +116,20 @@ def channel_per_worker(target: str, timeout: float = 20.0) -> dict[int, grpc.Cha
 
 
 class Caller:
-    """Gets on one worker's connection, one after the other, bounded by `max_seconds`;
-    keeps (start, end, ok)."""
+    """Gets on one worker's connection from `threads` threads, each one call after the
+    other, bounded by `max_seconds`; keeps (start, end, ok)."""
 
-    def __init__(self, channel: grpc.Channel, max_seconds: float) -> None:
+    def __init__(
+        self, channel: grpc.Channel, max_seconds: float, threads: int = CALLERS_PER_WORKER
+    ) -> None:
         self._stub = cache_pb2_grpc.CacheServiceStub(channel)
         self._end = time.monotonic() + max_seconds
         self._stop = threading.Event()
         self.calls: list[tuple[float, float, bool]] = []
-        self._thread = threading.Thread(target=self._run, name="caller", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"caller-{n}", daemon=True)
+            for n in range(threads)
+        ]
 
     def _run(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self._end:
@@ -130,7 +139,7 @@ class Caller:
                 ok = True
             except grpc.RpcError:
                 ok = False
-            self.calls.append((start, time.monotonic(), ok))
+            self.calls.append((start, time.monotonic(), ok))  # one append: thread-safe
             self._stop.wait(0.02)
 
     def first_ok_after(self, since: float) -> float | None:
@@ -138,12 +147,14 @@ class Caller:
         return min(ends) - since if ends else None
 
     def __enter__(self) -> Caller:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(CALL_DEADLINE + 5)
+        for thread in self._threads:
+            thread.join(CALL_DEADLINE + 5)
 
 
 def wait_all(callers: dict[int, Caller], since: float, limit: float) -> dict[int, float | None]:
