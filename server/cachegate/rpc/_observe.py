@@ -106,7 +106,10 @@ def _observed_stream(
         except BaseException as exc:
             observer.handled(method, _raised_code(context, exc), time.perf_counter() - start)
             raise
-        observer.handled(method, _set_code(context) or _OK, time.perf_counter() - start)
+        # A caller that cancelled while the handler finished (its requests ended, then
+        # the cancel came) never gets the OK grpc would send: it saw CANCELLED.
+        code = _set_code(context) or (_OK if context.is_active() else _CANCELLED)
+        observer.handled(method, code, time.perf_counter() - start)
 
     return observed
 
