@@ -239,7 +239,7 @@ def test_the_channel_retry_policy_sits_out_a_short_open_breaker(
             redis_server.kill()
             opened = await async_error(client.get("k"))
             redis_server.restart()
-            return opened, await client.get("k", timeout=3)
+            return opened, await client.get("k", timeout=10)
 
     opened, after = asyncio.run(main())
     assert isinstance(opened, CacheUnavailableError)
