@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 import uuid
@@ -140,16 +141,22 @@ def test_connection_failure_opens_the_breaker_and_calls_fail_fast(
         pool.execute("get", "k")
     assert state(pool) is CircuitState.OPEN
 
-    slowest = 0.0
+    attempts_before = pool.get_stats()["calls"]
+    took = []
     for _ in range(200):
         start = time.perf_counter()
         with pytest.raises(CircuitOpenError) as caught:
             pool.execute("get", "k")
-        slowest = max(slowest, time.perf_counter() - start)
+        took.append(time.perf_counter() - start)
     assert isinstance(caught.value, ConnectionError)  # the seed's `except ConnectionError`
     assert 0 < caught.value.retry_after <= 1.0
-    assert slowest < 0.005, f"a call while open took {slowest * 1000:.2f} ms"
+    # Fast because Redis is never asked: no attempt (and so no connect or socket
+    # timeout) was made for any of the 200. The median guards the same claim in time;
+    # a single call may still meet a scheduling stall on a loaded CI host.
     stats = pool.get_stats()
+    assert stats["calls"] == attempts_before
+    median = statistics.median(took)
+    assert median < 0.005, f"the median call while open took {median * 1000:.2f} ms"
     assert stats["failures"] == 3
     assert stats["rejected_calls"] == 200
     assert stats["circuit_state"] == "open"
