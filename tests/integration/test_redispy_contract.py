@@ -108,6 +108,42 @@ def test_a_read_waits_its_own_timeout_then_drops_the_connection(
         pool.release(conn)
 
 
+class _CountingSocket:
+    """A connection's real socket, counting the `settimeout` calls made on it."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.settimeouts = 0
+
+    def settimeout(self, value: float | None) -> None:
+        self.settimeouts += 1
+        self._sock.settimeout(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_read_at_the_sockets_own_timeout_leaves_the_socket_alone(
+    pool: redis.ConnectionPool,
+) -> None:
+    """Each `settimeout` is a system call that lets go of the GIL: a call without a
+    deadline of its own (the read timeout is the socket timeout) makes none."""
+    conn = pool.get_connection()
+    try:
+        own = conn.socket_timeout
+        assert isinstance(own, float)
+        counting = _CountingSocket(conn._sock)
+        held: Any = conn  # the socket is swapped where redis-py reads it
+        held._sock = held._parser._sock = counting
+        assert request(conn, ("PING",), own) == b"PONG"
+        assert counting.settimeouts == 0
+        assert request(conn, ("PING",), 0.5) == b"PONG"  # a shorter deadline: set, restored
+        assert counting.settimeouts == 2
+        assert counting.gettimeout() == own
+    finally:
+        pool.release(conn)
+
+
 # --- 2: the health PING's schedule and text --------------------------------------------------
 
 

@@ -20,6 +20,8 @@ changes any of it fails there and not in production:
    `read_response(timeout=)`: send without redis-py's own health check; read one
    reply waiting at most `timeout`, raising redis.TimeoutError (and disconnecting)
    when none comes, so a late reply is never read by the next caller.
+   `read_response()` without a timeout waits `Connection.socket_timeout` and leaves
+   the socket's timeout alone (with one, redis-py sets it and sets it back).
 2. `Connection.health_check_interval` and `next_health_check`: when redis-py would
    PING a connection before use (after `health_check_interval` seconds idle), and
    the text of its failure, "Bad response from PING health check".
@@ -117,7 +119,7 @@ def check_health(conn: Connection, timeout: float) -> None:
 
 def _ping(conn: Connection, timeout: float) -> None:
     conn.send_command("PING", check_health=False)
-    if conn.read_response(timeout=timeout) not in (b"PONG", "PONG"):
+    if read(conn, timeout) not in (b"PONG", "PONG"):
         conn.disconnect()
         raise redis.ConnectionError(PING_FAILED)
 
@@ -127,7 +129,7 @@ def request(conn: Connection, command: Sequence[Any], timeout: float) -> Any:
     if conn.health_check_interval and time.monotonic() > conn.next_health_check:
         _ping(conn, timeout)
     conn.send_command(*command, check_health=False)
-    return conn.read_response(timeout=timeout)
+    return read(conn, timeout)
 
 
 def request_packed(conn: Connection, packed: bytes, timeout: float) -> Any:
@@ -135,7 +137,7 @@ def request_packed(conn: Connection, packed: bytes, timeout: float) -> Any:
     if conn.health_check_interval and time.monotonic() > conn.next_health_check:
         _ping(conn, timeout)
     conn.send_packed_command([packed], check_health=False)
-    return conn.read_response(timeout=timeout)
+    return read(conn, timeout)
 
 
 def send(conn: Connection, *command: Any) -> None:
@@ -153,6 +155,11 @@ def send_many(conn: Connection, commands: Sequence[Sequence[Any]]) -> None:
 
 def read(conn: Connection, timeout: float) -> Any:
     """One raw reply, waiting at most `timeout`; an error reply is raised (ResponseError)."""
+    if timeout == conn.socket_timeout:
+        # The socket waits this long already. A timeout of its own costs two
+        # `settimeout` calls (set, then restore), each a system call that lets go of
+        # the GIL: under load, a hand-off to another thread and back.
+        return conn.read_response()
     return conn.read_response(timeout=timeout)
 
 
