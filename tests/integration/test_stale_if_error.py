@@ -291,3 +291,28 @@ def test_the_copy_is_tenant_scoped_and_can_be_switched_off(
     finally:
         for client in (alice, bob, plain):
             client.close()
+
+
+def test_a_tenant_that_writes_without_pause_cannot_push_out_anothers_copy(
+    serve: Serve, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """The copy is shared fairly: eve's 400 writes (six times the copy) leave bob's keys."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("bob-token-0123456789ab bob client\neve-token-0123456789ab eve client\n")
+    server = serve(CACHEGATE_TOKENS_FILE=str(tokens), CACHEGATE_STALE_COPY_BYTES=str(256 * 1024))
+    bob = CacheClient(server.target, token="bob-token-0123456789ab", retries=False)
+    eve = CacheClient(server.target, token="eve-token-0123456789ab", retries=False)
+    try:
+        for n in range(8):
+            bob.set_ex(f"b{n}", bytes([n]) * 4096, 600)
+        for n in range(400):
+            eve.set_ex(f"e{n}", b"e" * 4096, 600)
+        redis_server.kill()
+        for n in range(8):
+            assert expect_stale(bob, f"b{n}").value == bytes([n]) * 4096
+        assert expect_stale(eve, "e399").value == b"e" * 4096  # eve keeps the rest of it
+        with pytest.raises(CacheUnavailableError):
+            eve.get("e0", stale_if_error=ALLOW)  # her own oldest went
+    finally:
+        bob.close()
+        eve.close()

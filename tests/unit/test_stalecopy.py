@@ -151,6 +151,54 @@ def test_the_byte_bound_holds_and_the_least_recently_used_go_first(clock: FakeCl
     assert copy.stats().entries == 10
 
 
+def tenant(key: bytes) -> bytes:
+    return key.partition(b":")[0]
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_a_tenant_writing_without_pause_never_pushes_out_one_that_holds_less(
+    clock: FakeClock, fair: bool
+) -> None:
+    entry = ENTRY_OVERHEAD_BYTES + 1024 + 16
+    capacity = 40 * entry
+    copy = StaleCopy(capacity, owner_of=tenant if fair else None, clock=clock)
+    for n in range(8):  # the victim: a fifth of the copy
+        copy.wrote(f"bob:k{n}", b"b" * 1024, 600, copy.begin())
+        clock.advance(0.001)
+    for n in range(5000):  # the attacker: 125 times the copy, never read back
+        copy.wrote(f"eve:k{n:05}", b"e" * 1024, 600, copy.begin())
+        clock.advance(0.001)
+        assert copy.stats().bytes <= capacity
+    kept = [copy.serve(f"bob:k{n}", 1e9) is not None for n in range(8)]
+    if fair:
+        assert all(kept)
+        # ... and the attacker still had the room the victim left.
+        held = sum(copy.serve(f"eve:k{n:05}", 1e9) is not None for n in range(5000))
+        assert held == copy.stats().entries - 8 >= 30
+    else:  # one LRU order for all: the writer wins (this is what `owner_of` changes)
+        assert not any(kept)
+
+
+def test_a_tenant_alone_may_use_the_whole_copy_and_loses_its_own_oldest(
+    clock: FakeClock,
+) -> None:
+    entry = ENTRY_OVERHEAD_BYTES + 100 + 16
+    copy = StaleCopy(20 * entry, owner_of=tenant, clock=clock)
+    for n in range(25):
+        copy.wrote(f"ann:k{n:03}", b"a" * 100, 600, copy.begin())
+        clock.advance(0.001)
+    assert copy.stats().entries == 20
+    assert copy.serve("ann:k004", 1e9) is None  # its own oldest went first
+    assert copy.serve("ann:k005", 1e9) is not None
+    # A second tenant arrives: room is taken from the one holding the most.
+    copy.wrote("bob:k", b"b" * 100, 600, copy.begin())
+    assert copy.serve("bob:k", 1e9) is not None
+    assert copy.serve("ann:k005", 1e9) is not None  # served just now: not the oldest
+    assert copy.serve("ann:k006", 1e9) is None
+    copy.forget("bob:k")
+    assert copy.stats().entries == 19
+
+
 def test_an_entry_too_large_for_its_share_is_not_kept(clock: FakeClock) -> None:
     capacity = 8 * 1024
     copy = StaleCopy(capacity, clock=clock)

@@ -24,10 +24,18 @@ Times are the injectable monotonic clock's. A value's age counts from when its
 read or write was *sent* (it was true at some point after that), and its TTL from
 then too: both err towards older, never towards serving past the key's TTL.
 
-Bounded by bytes: keys, values and a fixed overhead per entry; the least recently
-used entries go first. The copy counts against no other limit (it is extra memory
-per worker, CACHEGATE_STALE_COPY_BYTES). The key is the full Redis key, the
-tenant's namespace included, so a tenant is only ever answered from its own keys.
+Bounded by bytes: keys, values and a fixed overhead per entry. The copy counts
+against no other limit (it is extra memory per worker, CACHEGATE_STALE_COPY_BYTES).
+The key is the full Redis key, the tenant's namespace included, so a tenant is only
+ever answered from its own keys.
+
+Shared fairly. With tenants (`owner_of` names the tenant of a key), each tenant's
+entries are kept in their own LRU order, and when the copy is full the tenant that
+holds the most bytes gives up its least recently used entry. So one tenant writing
+without pause can fill the room others leave, but never push out a tenant that holds
+less than it does: a tenant within its fair share (the copy divided among the tenants
+that use it) keeps its entries. A tenant alone may use all of it. Without tenants
+there is one owner and one LRU order.
 """
 
 from __future__ import annotations
@@ -79,20 +87,43 @@ def _as_bytes(key: str | bytes) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
+def _one_owner(name: bytes) -> bytes:
+    return b""
+
+
+class _Owned:
+    """One owner's entries, least recently used first, and the bytes they are charged."""
+
+    __slots__ = ("bytes", "entries")
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.bytes = 0
+
+
 class StaleCopy:
     """A tenant-scoped, byte-bounded LRU copy of values, safe to share between threads.
 
     `capacity_bytes` 0 disables it: nothing is kept and nothing is served.
+    `owner_of` names the owner (tenant) of a key for the fair eviction the module
+    describes; None: every key has one owner.
     """
 
-    def __init__(self, capacity_bytes: int, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        capacity_bytes: int,
+        *,
+        owner_of: Callable[[bytes], bytes] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if capacity_bytes < 0:
             raise ValueError("capacity_bytes must be >= 0")
         self._capacity = capacity_bytes
         self._largest = capacity_bytes // LARGEST_ENTRY_SHARE
+        self._owner_of = owner_of or _one_owner
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._owners: dict[bytes, _Owned] = {}
         self._bytes = 0
         self._served = 0
         self._evicted = 0
@@ -117,7 +148,7 @@ class StaleCopy:
         with self._lock:
             if self._marks[slot] >= since:  # changed while the read was under way
                 return
-            held = self._entries.get(name)
+            held = self._held(name)
             if held is not None and held[1] > since:  # a later read already told us
                 return
             self._put(name, value, since, ttl_seconds)
@@ -150,8 +181,9 @@ class StaleCopy:
             return None
         name = _as_bytes(key)
         with self._lock:
-            held = self._entries.get(name)
-            if held is None:
+            owned = self._owners.get(self._owner_of(name))
+            held = None if owned is None else owned.entries.get(name)
+            if owned is None or held is None:
                 return None
             value, learned_at, expires_at, _ = held
             now = self._clock()
@@ -161,17 +193,20 @@ class StaleCopy:
             age = max(0.0, now - learned_at)
             if age > allowance_seconds:
                 return None  # another caller may allow more
-            self._entries.move_to_end(name)
+            owned.entries.move_to_end(name)
             self._served += 1
             return StaleValue(value, age)
 
     def stats(self) -> StaleCopyStats:
         with self._lock:
-            return StaleCopyStats(
-                self._capacity, len(self._entries), self._bytes, self._served, self._evicted
-            )
+            entries = sum(len(owned.entries) for owned in self._owners.values())
+            return StaleCopyStats(self._capacity, entries, self._bytes, self._served, self._evicted)
 
     # --- with the lock held ---------------------------------------------------------
+
+    def _held(self, name: bytes) -> _Entry | None:
+        owned = self._owners.get(self._owner_of(name))
+        return None if owned is None else owned.entries.get(name)
 
     def _put(self, name: bytes, value: bytes, since: float, ttl_seconds: float | None) -> None:
         self._drop(name)
@@ -179,14 +214,34 @@ class StaleCopy:
         if size > self._largest:
             return
         expires_at = None if ttl_seconds is None else since + ttl_seconds
-        self._entries[name] = (value, since, expires_at, size)
+        owner = self._owner_of(name)
+        owned = self._owners.get(owner)
+        if owned is None:
+            owned = self._owners[owner] = _Owned()
+        owned.entries[name] = (value, since, expires_at, size)
+        owned.bytes += size
         self._bytes += size
         while self._bytes > self._capacity:
-            _, (_, _, _, evicted) = self._entries.popitem(last=False)
-            self._bytes -= evicted
-            self._evicted += 1
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        """The least recently used entry of the owner holding the most bytes."""
+        owner, owned = max(self._owners.items(), key=lambda item: item[1].bytes)
+        _, (_, _, _, evicted) = owned.entries.popitem(last=False)
+        owned.bytes -= evicted
+        self._bytes -= evicted
+        self._evicted += 1
+        if not owned.entries:
+            del self._owners[owner]
 
     def _drop(self, name: bytes) -> None:
-        held = self._entries.pop(name, None)
+        owner = self._owner_of(name)
+        owned = self._owners.get(owner)
+        if owned is None:
+            return
+        held = owned.entries.pop(name, None)
         if held is not None:
+            owned.bytes -= held[3]
             self._bytes -= held[3]
+            if not owned.entries:
+                del self._owners[owner]

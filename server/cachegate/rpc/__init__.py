@@ -15,6 +15,7 @@ from parts it is given; the process runtime (`cachegate.runtime`) makes those pa
 and hosts it.
 """
 
+from cachegate.rpc._auth import tenant_of_key
 from cachegate.rpc._commands import BreakerCommands, Forced, LocalBreakerCommands, Reach
 from cachegate.rpc._health import SERVICE_NAME, HealthReporter
 from cachegate.rpc._metrics import PoolCollector, PrometheusObserver, ServerMetrics
@@ -50,4 +51,5 @@ __all__ = [
     "create_server",
     "load_security",
     "served_services",
+    "tenant_of_key",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "TokenTable",
     "TokenTableError",
     "caller_identity",
+    "tenant_of_key",
 ]
 
 if TYPE_CHECKING:  # grpc-stubs make these generic; grpc itself does not
@@ -76,6 +77,11 @@ class Identity:
     @property
     def prefix(self) -> str:
         return f"{self.tenant}:"
+
+
+def tenant_of_key(key: bytes) -> bytes:
+    """The tenant whose namespace holds `key` (a full Redis key, `Identity.prefix` first)."""
+    return key.partition(b":")[0]
 
 
 # The calling identity, set by AuthInterceptor in the call's own context.

@@ -16,7 +16,14 @@ import grpc
 
 from cachegate.core import Config, StaleCopy
 from cachegate.pool import RedisConnectionPool
-from cachegate.rpc import CacheServer, RpcObserver, ServerMetrics, create_server, served_services
+from cachegate.rpc import (
+    CacheServer,
+    RpcObserver,
+    ServerMetrics,
+    create_server,
+    served_services,
+    tenant_of_key,
+)
 from cachegate.runtime._board import SharedBreakerCommands, WorkerBoard
 from cachegate.runtime._http import HttpSidePort
 from cachegate.runtime._threads import RpcThreadPool
@@ -84,7 +91,12 @@ def build_service(
     pool = RedisConnectionPool(config, auto_batch=config.server.auto_batch)
     threads = rpc_threads(config)
     # Per worker: each process answers stale only from what it learned itself.
-    stale_copy = StaleCopy(config.limits.stale_copy_bytes)
+    stale_copy = StaleCopy(
+        config.limits.stale_copy_bytes,
+        # With tokens every key lives in its tenant's namespace: the copy is shared
+        # fairly among tenants (see core/_stalecopy.py).
+        owner_of=tenant_of_key if config.security.tokens_file else None,
+    )
     metrics = ServerMetrics(
         pool,
         worker_id=worker_id,
