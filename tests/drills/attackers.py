@@ -16,6 +16,12 @@ Kinds:
 - `empty-ops`: one Pipeline batch of `--bytes` bytes of empty operations per stream.
 - `slow-reader`: streams that send batches of gets and never read a reply.
 - `big-setex`: concurrent unary SetEx calls with `--bytes`-byte values.
+- `stale-fill`: on each of `--streams` connections, `--batches` SetEx of distinct keys
+  with `--bytes`-byte values, each read back by a Get with `--stale` seconds of
+  stale-if-error allowance (so the serving worker's stale copy learns it twice).
+- `bad-subscribe`: `--batches` rounds of InvalidationService/Subscribe requests past
+  the watch limits (too many keys, too many prefixes, a key or prefix past the key
+  limit, and `--bytes` bytes of empty keys or prefixes), on `--streams` connections.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import grpc
 
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
+from cachegate.v1 import invalidation_pb2 as ipb
 
 __all__ = ["run_attacker"]
 
@@ -83,6 +90,7 @@ class Tally:
         self.values = 0
         self.replies = 0
         self.max_reply_bytes = 0
+        self.slowest: dict[str, float] = {}  # seconds, by kind of request
 
     def rpc(self, code: str, details: str = "") -> None:
         with self.lock:
@@ -109,6 +117,7 @@ class Tally:
                 "values": self.values,
                 "replies": self.replies,
                 "max_reply_bytes": self.max_reply_bytes,
+                "slowest": self.slowest,
             }
         )
 
@@ -220,10 +229,90 @@ def big_setex(args: argparse.Namespace, tally: Tally) -> None:
     _threads(args.streams, caller)
 
 
+def stale_fill(args: argparse.Namespace, tally: Tally) -> None:
+    end = time.monotonic() + args.seconds
+
+    def caller(index: int) -> None:
+        with grpc.insecure_channel(args.target, options=_OPTIONS) as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for n in range(args.batches):
+                if time.monotonic() >= end:
+                    return
+                key = f"fill-{index}-{n}"
+                value = f"{key}:".encode().ljust(args.bytes, b"v")
+                try:
+                    stub.SetEx(
+                        pb.SetExRequest(key=key, value=value, ttl_seconds=120),
+                        timeout=args.deadline,
+                    )
+                    reply = stub.Get(
+                        pb.GetRequest(key=key, stale_if_error_seconds=args.stale),
+                        timeout=args.deadline,
+                    )
+                    tally.rpc("OK" if reply.value == value else "WRONG VALUE")
+                except grpc.RpcError as exc:
+                    tally.rpc(exc.code().name, exc.details() or "")
+
+    _threads(args.streams, caller)
+
+
+def _bad_subscribes(size: int) -> dict[str, bytes]:
+    """Subscribe requests past each watch limit, as wire bytes (limits: 1000 keys, 100
+    prefixes, keys and prefixes of at most 1024 bytes, the defaults)."""
+
+    def request(**fields: Any) -> bytes:
+        data: bytes = ipb.SubscribeRequest(**fields).SerializeToString()
+        return data
+
+    return {
+        "1001 keys": request(keys=[f"k{i}" for i in range(1001)]),
+        "1001 keys of 1 KiB": request(keys=[f"{i:04d}".ljust(1024, "k") for i in range(1001)]),
+        "101 prefixes": request(prefixes=[f"p{i}" for i in range(101)]),
+        "a 1025-byte key": request(keys=["k" * 1025]),
+        "a 1025-byte prefix": request(prefixes=["p" * 1025]),
+        # Each empty key is 2 bytes on the wire (tag, length 0): the most fields per byte.
+        "empty keys": b"\x0a\x00" * (size // 2),
+        "empty prefixes": b"\x12\x00" * (size // 2),
+    }
+
+
+def bad_subscribe(args: argparse.Namespace, tally: Tally) -> None:
+    requests = _bad_subscribes(args.bytes)
+    end = time.monotonic() + args.seconds
+
+    def caller(_: int) -> None:
+        with grpc.insecure_channel(args.target, options=_OPTIONS) as channel:
+            subscribe = channel.unary_stream(
+                "/cachegate.v1.InvalidationService/Subscribe",
+                request_serializer=None,
+                response_deserializer=ipb.SubscribeResponse.FromString,
+            )
+            for _ in range(args.batches):
+                for name, data in requests.items():
+                    if time.monotonic() >= end:
+                        return
+                    started = time.monotonic()
+                    try:
+                        for _event in subscribe(data, timeout=args.deadline):
+                            break  # admitted: a limit did not hold
+                        code, details = "OK", "admitted"
+                    except grpc.RpcError as exc:
+                        code, details = exc.code().name, exc.details() or ""
+                    took = time.monotonic() - started
+                    with tally.lock:
+                        tally.status[f"{name}: {code}"] += 1
+                        tally.messages.setdefault(name, details[:200])
+                        tally.slowest[name] = max(took, tally.slowest.get(name, 0.0))
+
+    _threads(args.streams, caller)
+
+
 def main() -> None:
     os.nice(ATTACKER_NICENESS)
     parser = argparse.ArgumentParser(prog="drills.attackers")
-    parser.add_argument("kind", choices=("pipeline-gets", "empty-ops", "slow-reader", "big-setex"))
+    parser.add_argument("kind", choices=(
+        "pipeline-gets", "empty-ops", "slow-reader", "big-setex", "stale-fill", "bad-subscribe"
+    ))  # fmt: skip
     parser.add_argument("target")
     parser.add_argument("--key", default="big")
     parser.add_argument("--gets", type=int, default=1000)
@@ -234,6 +323,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--deadline", type=float, default=20.0)
     parser.add_argument("--hold", type=float, default=5.0)
+    parser.add_argument("--stale", type=int, default=60)
     args = parser.parse_args()
     tally = Tally()
     kinds = {
@@ -241,6 +331,8 @@ def main() -> None:
         "empty-ops": empty_ops,
         "slow-reader": slow_reader,
         "big-setex": big_setex,
+        "stale-fill": stale_fill,
+        "bad-subscribe": bad_subscribe,
     }
     kinds[args.kind](args, tally)
     print(tally.json(), flush=True)

@@ -1,0 +1,103 @@
+"""Drill 23: Subscribe requests past the watch limits.
+
+A subscription watches at most 1000 keys and 100 prefixes (MAX_WATCHED_KEYS,
+MAX_WATCHED_PREFIXES in rpc/_invalidations.py), each no longer than a key may be
+(CACHEGATE_MAX_KEY_BYTES). An attacker (in its own process, see attackers.py) sends,
+in a bounded loop on 4 connections, requests past each of them: 1001 keys (short, and
+of 1 KiB each), 101 prefixes, a 1025-byte key, a 1025-byte prefix, and EMPTY_BYTES of
+empty keys and of empty prefixes (the most entries a request of that size can hold,
+each 2 bytes on the wire), while a bystander's unary calls run on 2 workers.
+
+Passes when every such request gets INVALID_ARGUMENT naming the field and its limit
+and none is admitted; each answer comes at once (the slowest within ANSWER_S: a
+limit checked only after parsing millions of entries takes seconds); each worker's
+peak RSS stays within the memory budget plus the fixed base, and grows by at most
+GROWTH_MB; no worker dies; the bystander keeps p99 <= 50 ms, no failures, and its
+acknowledged writes read back.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from drills.attack import (
+    BYSTANDER_P99_MS,
+    Bystander,
+    MemoryWatch,
+    attack_row,
+    gateway_pids,
+    lost_writes,
+    workers_env,
+)
+from drills.attackers import run_attacker
+from drills.harness import Report, StartGateway, StartRedis
+from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
+
+pytestmark = pytest.mark.drill
+
+MIB = 1024 * 1024
+EMPTY_BYTES = 16 * MIB - 64  # within grpc's receive limit (CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES)
+CONNECTIONS = 4
+ROUNDS = 5
+ANSWER_S = 0.5
+GROWTH_MB = 40
+# What each request must be told: the field, and its limit.
+NAMED = {
+    "1001 keys": "at most 1000 keys",
+    "1001 keys of 1 KiB": "at most 1000 keys",
+    "101 prefixes": "at most 100 prefixes",
+    "a 1025-byte key": "the limit is 1024 bytes",
+    "a 1025-byte prefix": "CACHEGATE_MAX_KEY_BYTES",
+    "empty keys": "at most 1000 keys",
+    "empty prefixes": "at most 100 prefixes",
+}
+
+
+def test_watch_limits(start_redis: StartRedis, start_gateway: StartGateway, report: Report) -> None:
+    redis_server = start_redis()
+    gateway = start_gateway(workers_env(redis_server.url, 2))
+    workers_before = sorted(gateway_pids(gateway))
+    with MemoryWatch(gateway) as memory, Bystander(gateway.target, max_seconds=40) as bystander:
+        result = run_attacker(
+            "bad-subscribe",
+            gateway.target,
+            "--streams",
+            str(CONNECTIONS),
+            "--batches",
+            str(ROUNDS),
+            "--bytes",
+            str(EMPTY_BYTES),
+            "--seconds",
+            "30",
+            "--deadline",
+            "20",
+        )
+    workers_after = sorted(gateway_pids(gateway))
+    lost = lost_writes(gateway, bystander.load.acked)
+    growth = max((memory.peak_kb[pid] - memory.start_kb[pid]) / 1024 for pid in workers_before[1:])
+    slowest = {name: round(seconds, 3) for name, seconds in result["slowest"].items()}
+    report(
+        attack_row(
+            "23 watch limits",
+            bystander,
+            memory,
+            lost=len(lost),
+            notes=f"requests {result['status']}; slowest answer s {slowest}; "
+            f"worker growth {growth:.0f} MB",
+        )
+    )
+    assert not memory.killed, f"killed at the 3 GB guard: {memory.killed}"
+    assert gateway.alive(), "the gateway died"
+    assert workers_after == workers_before, "a worker died"
+    expected = {f"{name}: INVALID_ARGUMENT": CONNECTIONS * ROUNDS for name in NAMED}
+    assert result["status"] == expected, result["status"]
+    for name, text in NAMED.items():
+        assert text in result["messages"][name], (name, result["messages"][name])
+    assert max(slowest.values()) <= ANSWER_S, f"answers took (s): {slowest}"
+    peak = memory.max_worker_mb
+    assert peak <= BUDGET_MB + BASE_MB, f"peak RSS {peak:.0f} MB > {BUDGET_MB} + {BASE_MB}"
+    assert growth <= GROWTH_MB, f"a worker grew {growth:.0f} MB"
+    assert bystander.p99_ms() <= BYSTANDER_P99_MS, bystander.text()
+    assert not bystander.summary.failed, bystander.text()
+    assert bystander.summary.ok > 100, bystander.text()
+    assert lost == []
