@@ -12,8 +12,8 @@ Passes when every such request gets INVALID_ARGUMENT naming the field and its li
 and none is admitted; each answer comes at once (the slowest within ANSWER_S: a
 limit checked only after parsing millions of entries takes seconds); each worker's
 peak RSS stays within the memory budget plus the fixed base, and grows by at most
-GROWTH_MB; no worker dies; the bystander keeps p99 <= 50 ms, no failures, and its
-acknowledged writes read back.
+GROWTH_MB; no worker dies; the bystander keeps p99 within BULK_BYSTANDER_P99_MS (16 MiB
+requests, as in drill 12), no failures, and its acknowledged writes read back.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 
 from drills.attack import (
-    BYSTANDER_P99_MS,
+    BULK_BYSTANDER_P99_MS,
     Bystander,
     MemoryWatch,
     attack_row,
@@ -39,8 +39,15 @@ MIB = 1024 * 1024
 EMPTY_BYTES = 16 * MIB - 64  # within grpc's receive limit (CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES)
 CONNECTIONS = 4
 ROUNDS = 5
-ANSWER_S = 0.5
-GROWTH_MB = 40
+# Each answer within a second: a limit checked only after parsing millions of
+# entries took 3.5-4.7 s here, one counted on the wire takes a receive and a walk
+# of at most 1,100 fields (0.07-0.5 s seen with other tests loading the host).
+ANSWER_S = 1.0
+# grpc buffers a request whole before any of our code sees it (its receive limit is
+# one number for the server, CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES), and hands it on as
+# a copy: two copies of one request per connection at once, and room for the
+# allocator. Parsed before counting, the same requests grew a worker 330-590 MB.
+GROWTH_MB = 2 * CONNECTIONS * EMPTY_BYTES / MIB + 32
 # What each request must be told: the field, and its limit.
 NAMED = {
     "1001 keys": "at most 1000 keys",
@@ -97,7 +104,8 @@ def test_watch_limits(start_redis: StartRedis, start_gateway: StartGateway, repo
     peak = memory.max_worker_mb
     assert peak <= BUDGET_MB + BASE_MB, f"peak RSS {peak:.0f} MB > {BUDGET_MB} + {BASE_MB}"
     assert growth <= GROWTH_MB, f"a worker grew {growth:.0f} MB"
-    assert bystander.p99_ms() <= BYSTANDER_P99_MS, bystander.text()
+    # 16 MiB requests pushed through a worker at once: the bound of drills 11, 12, 14.
+    assert bystander.p99_ms() <= BULK_BYSTANDER_P99_MS, bystander.text()
     assert not bystander.summary.failed, bystander.text()
     assert bystander.summary.ok > 100, bystander.text()
     assert lost == []

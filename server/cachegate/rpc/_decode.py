@@ -11,7 +11,7 @@ other bad input.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from cachegate.rpc._status import UNDECODABLE
-from cachegate.rpc._wire import RequestLimit, limited
+from cachegate.rpc._wire import EntryLimit, RequestLimit, counted, limited
 
 __all__ = ["Undecodable", "add_service", "handler_factory", "undecodable_message"]
 
@@ -93,6 +93,7 @@ def add_service(
     guarded: bool = True,
     raw: frozenset[str] = frozenset(),
     limits: Mapping[str, RequestLimit] | None = None,
+    entries: Mapping[str, Sequence[EntryLimit]] | None = None,
 ) -> None:
     """Register `behaviors` (method name -> servicer method) for `service`.
 
@@ -101,6 +102,8 @@ def add_service(
     Methods named in `raw` get the request bytes unparsed (they parse themselves).
     `limits` maps a method to its own request size limit and the setting behind it:
     a larger request reaches the behavior as MessageTooLarge, never parsed.
+    `entries` maps a method to limits on its repeated fields' entries: a request past
+    one reaches the behavior as TooManyEntries, never parsed.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -111,6 +114,8 @@ def add_service(
             if limits and method.name in limits:
                 names = {f.number: f.name for f in method.input_type.fields}
                 request = limited(request, method.input_type.full_name, limits[method.name], names)
+            if entries and method.name in entries:
+                request = counted(request, method.input_type.full_name, entries[method.name])
         response = message_factory.GetMessageClass(method.output_type).SerializeToString
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:

@@ -30,15 +30,23 @@ from cachegate.rpc._status import (
     status_for,
 )
 from cachegate.rpc._streams import StreamGate, caller_of, status_closer
+from cachegate.rpc._wire import EntryLimit, TooManyEntries
 from cachegate.v1 import invalidation_pb2 as pb
 from cachegate.v1 import invalidation_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_WATCHED_KEYS", "MAX_WATCHED_PREFIXES", "InvalidationServicer"]
+__all__ = ["MAX_WATCHED_KEYS", "MAX_WATCHED_PREFIXES", "SUBSCRIBE_ENTRIES", "InvalidationServicer"]
 
 log = logging.getLogger("cachegate.service")
 
 MAX_WATCHED_KEYS = 1000
 MAX_WATCHED_PREFIXES = 100
+_TOO_MANY_KEYS = f"at most {MAX_WATCHED_KEYS} keys per subscription"
+_TOO_MANY_PREFIXES = f"at most {MAX_WATCHED_PREFIXES} prefixes per subscription"
+# Counted on the wire before the request is parsed (see _wire.counted).
+SUBSCRIBE_ENTRIES = (
+    EntryLimit(1, "keys", MAX_WATCHED_KEYS, _TOO_MANY_KEYS),
+    EntryLimit(2, "prefixes", MAX_WATCHED_PREFIXES, _TOO_MANY_PREFIXES),
+)
 # How often a waiting stream looks whether its call is still there (grpc's callback
 # wakes it at once when the caller goes; this is the backstop).
 _WAKE = 1.0
@@ -75,14 +83,18 @@ class InvalidationServicer(pb_grpc.InvalidationServiceServicer):
         self.drain()
         self.tracker.close()
 
-    def Subscribe(  # may receive Undecodable (see _decode)
-        self, request: pb.SubscribeRequest | Undecodable, context: grpc.ServicerContext
+    def Subscribe(  # may receive Undecodable or TooManyEntries (see _decode)
+        self,
+        request: pb.SubscribeRequest | Undecodable | TooManyEntries,
+        context: grpc.ServicerContext,
     ) -> Iterator[pb.SubscribeResponse]:
         try:
             if self._draining:
                 raise ShuttingDownError
             if isinstance(request, Undecodable):
                 raise InvalidArgumentError("request", undecodable_message(request))
+            if isinstance(request, TooManyEntries):  # never parsed
+                raise InvalidArgumentError(request.field, request.message())
             self._check(request)
             identity = None
             if self._tokens is not None:
@@ -126,12 +138,12 @@ class InvalidationServicer(pb_grpc.InvalidationServiceServicer):
             context.abort(SUBSCRIBER_BEHIND, subscriber.ended or "")
 
     def _check(self, request: pb.SubscribeRequest) -> None:
+        # Counted on the wire already (SUBSCRIBE_ENTRIES); kept for requests made in
+        # process, which never pass through the wire.
         if len(request.keys) > MAX_WATCHED_KEYS:
-            raise InvalidArgumentError("keys", f"at most {MAX_WATCHED_KEYS} keys per subscription")
+            raise InvalidArgumentError("keys", _TOO_MANY_KEYS)
         if len(request.prefixes) > MAX_WATCHED_PREFIXES:
-            raise InvalidArgumentError(
-                "prefixes", f"at most {MAX_WATCHED_PREFIXES} prefixes per subscription"
-            )
+            raise InvalidArgumentError("prefixes", _TOO_MANY_PREFIXES)
         for index, key in enumerate(request.keys):
             check_key(key, self._limits, f"keys[{index}]")
         for index, prefix in enumerate(request.prefixes):

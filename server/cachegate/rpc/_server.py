@@ -27,7 +27,7 @@ from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
 from cachegate.rpc._commands import BreakerCommands
 from cachegate.rpc._decode import add_service
 from cachegate.rpc._health import HealthReporter
-from cachegate.rpc._invalidations import InvalidationServicer
+from cachegate.rpc._invalidations import SUBSCRIBE_ENTRIES, InvalidationServicer
 from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
 from cachegate.rpc._reflection import REFLECTION_SERVICES, enable_reflection, reflection_descriptors
 from cachegate.rpc._servicer import CacheServicer
@@ -311,7 +311,11 @@ def create_server(
     )
     invalidations = InvalidationServicer(pool, limits, servicer.streams, tokens)
     add_service(  # the servicer answers undecodable requests itself
-        server, INVALIDATION, _behaviors(invalidations, INVALIDATION), guarded=False
+        server,
+        INVALIDATION,
+        _behaviors(invalidations, INVALIDATION),
+        guarded=False,
+        entries={"Subscribe": SUBSCRIBE_ENTRIES},
     )
     services = served_services(config)
     if ADMIN in services:

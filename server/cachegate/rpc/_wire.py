@@ -12,12 +12,16 @@ and ~290 MB) before a count of them could say "too many". So:
 - `limited` wraps a method's request parser with that method's own size limit:
   grpc's receive limit is one number for the whole server (the largest Pipeline
   batch), while a unary request holds at most a key, a value and a few more bytes.
+- `counted` wraps a request parser with limits on the entries of its repeated
+  fields (a subscription's keys and prefixes): an empty entry is 2 bytes, so 16 MiB
+  holds 8 million of them, and they are counted on the wire, up to the first one
+  past its limit, before any is parsed.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +29,13 @@ from cachegate.core import LimitSettings
 
 __all__ = [
     "FIELDS_PER_OPERATION",
+    "SPARE_FIELDS",
     "UNARY_OVERHEAD_BYTES",
+    "EntryLimit",
     "MessageTooLarge",
     "RequestLimit",
+    "TooManyEntries",
+    "counted",
     "limited",
     "request_limits",
     "too_many_operations",
@@ -64,6 +72,82 @@ class MessageTooLarge:
             f"the {self.type_name} is {self.size} bytes; this method accepts at most "
             f"{self.limit} bytes ({self.setting})"
         )
+
+
+# Top-level fields a request limited by `counted` may hold beyond its limited
+# entries (fields a newer client may add), before it is refused unparsed.
+SPARE_FIELDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLimit:
+    """At most `most` entries of the repeated top-level field `number`, and what a
+    caller past it is told (`reason`, about `field`)."""
+
+    number: int
+    field: str
+    most: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyEntries:
+    """Stands in for a request with more entries than its method allows (never parsed)."""
+
+    type_name: str
+    field: str
+    reason: str
+
+    def message(self) -> str:
+        return self.reason
+
+
+def counted(
+    parse: Callable[[bytes], Any], type_name: str, entry_limits: Sequence[EntryLimit]
+) -> Callable[[bytes], Any]:
+    """`parse`, but a request past one of `entry_limits` becomes TooManyEntries unparsed.
+
+    Only a request long enough to pass the smallest limit (each entry takes at least
+    2 bytes) is walked, and the walk stops at the first entry past its limit, or past
+    the limits' sum plus SPARE_FIELDS fields of any kind. Malformed bytes are left to
+    the parse, which reports them.
+    """
+    by_number = {limit.number: limit for limit in entry_limits}
+    shortest = 2 * (min(limit.most for limit in entry_limits) + 1)
+    most_fields = sum(limit.most for limit in entry_limits) + SPARE_FIELDS
+
+    def deserialize(data: bytes) -> Any:
+        if len(data) >= shortest:
+            refused = _past_a_limit(data, by_number, most_fields)
+            if refused is not None:
+                field, reason = refused
+                return TooManyEntries(type_name, field, reason)
+        return parse(data)
+
+    return deserialize
+
+
+def _past_a_limit(
+    data: bytes, by_number: Mapping[int, EntryLimit], most_fields: int
+) -> tuple[str, str] | None:
+    """(field, reason) of the first entry past its limit in `data`, or None."""
+    counts = dict.fromkeys(by_number, 0)
+    fields = 0
+    try:
+        for tag, _, cut in _fields(data):
+            if cut:
+                return None
+            fields += 1
+            limit = by_number.get(tag >> 3)
+            if limit is not None:
+                counts[limit.number] += 1
+                if counts[limit.number] > limit.most:
+                    return limit.field, limit.reason
+            if fields > most_fields:
+                return "request", f"the request has more than {most_fields} fields"
+    except _NotAFieldError:
+        return None
+    return None
 
 
 def limited(
