@@ -128,14 +128,15 @@ class StreamGate:
         with self._lock:
             if len(self._streams) >= self.max_streams:
                 raise TooBusyError(
-                    f"{self.max_streams} Pipeline streams are open already "
+                    f"{self.max_streams} streams (Pipeline and Subscribe) are open already "
                     "(CACHEGATE_MAX_STREAMS); retry later or batch more per stream"
                 )
             held = self._held.get(caller, 0)
             if held >= self.per_caller:
                 raise TooBusyError(
-                    f"{caller} holds {held} Pipeline streams already, its share of the "
-                    f"{self.max_streams} stream slots (CACHEGATE_STREAM_SHARE={self.share:g}); "
+                    f"{caller} holds {held} streams (Pipeline and Subscribe) already, its "
+                    f"share of the {self.max_streams} stream slots "
+                    f"(CACHEGATE_STREAM_SHARE={self.share:g}); "
                     "end a stream or batch more per stream"
                 )
             stream = OpenStream(caller, close, self._clock)
