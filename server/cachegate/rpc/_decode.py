@@ -93,6 +93,7 @@ def add_service(
     guarded: bool = True,
     raw: frozenset[str] = frozenset(),
     limits: Mapping[str, RequestLimit] | None = None,
+    serializers: Mapping[str, Callable[[Any], bytes]] | None = None,
 ) -> None:
     """Register `behaviors` (method name -> servicer method) for `service`.
 
@@ -101,6 +102,8 @@ def add_service(
     Methods named in `raw` get the request bytes unparsed (they parse themselves).
     `limits` maps a method to its own request size limit and the setting behind it:
     a larger request reaches the behavior as MessageTooLarge, never parsed.
+    `serializers` maps a method to its own response serializer (its replies may come
+    encoded already).
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -111,7 +114,11 @@ def add_service(
             if limits and method.name in limits:
                 names = {f.number: f.name for f in method.input_type.fields}
                 request = limited(request, method.input_type.full_name, limits[method.name], names)
-        response = message_factory.GetMessageClass(method.output_type).SerializeToString
+        response: Callable[[Any], bytes] = message_factory.GetMessageClass(
+            method.output_type
+        ).SerializeToString
+        if serializers and method.name in serializers:
+            response = serializers[method.name]
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:
             behavior = _guard_stream(behavior) if streaming_in else _guard_unary(behavior)
