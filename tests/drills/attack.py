@@ -49,14 +49,16 @@ BYSTANDER_P99_MS = 50.0
 
 BULK_BYSTANDER_P99_MS = 200.0
 """The bound where the attack pushes many 15-16 MiB messages through a worker at once
-(drills 11, 12 and 14). A known gap, kept open in issue 12: in drills 11 and 12 the
-bystander measured a p99 of 50-110 ms on a quiet 2-core machine, in drill 14 17-47 ms
-(before: 500 ms and more, and dead workers).
-Suspected, not yet proven: gRPC Python turns each received message into bytes, and
-each sent reply out of them, on the server's one completion-queue thread under the GIL,
-so a burst of them holds every other call of that worker; the embedded backend also
-reads its megabyte values in the same interpreter. The bound still fails the code
-before issue 12 by a wide margin."""
+(drills 11, 12 and 14). A known gap, kept open in issue 12: on a shared 2-core machine
+the bystander's p99 there is often above 50 ms (before: 500 ms and more, and dead
+workers; figures per drill in docs/performance.md).
+Seen in py-spy profiles of the workers (--gil --native): grpcio copies each received
+message into Python bytes on the server's one completion-queue thread (drills 12 and
+14: nearly all of the GIL time), and each sent reply into its own buffer, in single C
+calls that hold the GIL; every other call of that worker waits for them. The replies'
+own copies are cut to one, one bulk reply at a time per worker (rpc/_bulkreply.py);
+grpcio's are out of our reach. The bound still fails the code before issue 12 by a
+wide margin."""
 
 
 def rss_kb(pid: int) -> int | None:

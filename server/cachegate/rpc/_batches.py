@@ -11,7 +11,7 @@ within the reply's bounds (_replies.py) and stale-if-error answers (_stale.py).
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from cachegate.core import LimitSettings, short_key_chars
 from cachegate.pool import CacheError, PartialRead, RedisConnectionPool, TooLarge
 from cachegate.rpc._budget import REPLY_COPIES, MemoryBudget
+from cachegate.rpc._bulkreply import BULK_REPLY_BYTES, BulkGate, PipelineReply, reply_of
 from cachegate.rpc._decode import Undecodable, undecodable_message
 from cachegate.rpc._fastpath import get_only_keys
 from cachegate.rpc._limits import check_key, check_ttl, check_value
@@ -52,10 +53,9 @@ class BatchRunner:
         self._stale = stale
         self._budget = budget
         self._replies = replies
-        # Replies whose values outgrow the first read are built one at a time: they
-        # hold the GIL for milliseconds (copies of megabytes), and one at a time
-        # leaves the rest of the worker's time to every other caller.
-        self._large_replies = threading.Lock()
+        # Replies of megabytes of values are built one at a time (see _bulkreply.py),
+        # those whose values outgrow the first read included.
+        self._bulk = BulkGate()
 
     def check_count(self, data: bytes) -> None:
         """Counted on the wire before anything is parsed: building millions of empty
@@ -90,7 +90,7 @@ class BatchRunner:
 
     def run(
         self, batch: pb.PipelineRequest, context: grpc.ServicerContext, prefix: str = ""
-    ) -> tuple[pb.PipelineResponse, int]:
+    ) -> tuple[PipelineReply, int]:
         """The reply to a batch and the budget bytes it holds until it is sent."""
         operations = batch.operations
         size = len(operations)
@@ -165,17 +165,18 @@ class BatchRunner:
             else:  # DEL
                 outcomes[index] = pb.OUTCOME_OK if reply else pb.OUTCOME_NOT_FOUND
         errors.sort()
-        response = pb.PipelineResponse(
-            outcomes=outcomes,
-            values=values,
-            errors=[pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
-            stale=stale,
+        response = self._reply(
+            outcomes,
+            values,
+            [pb.OperationError(index=i, code=c, message=m) for i, c, m in errors],
+            context,
+            stale,
         )
         return response, self._replies.settle(granted, response)
 
     def get_only(
         self, keys: list[str] | list[bytes], context: grpc.ServicerContext
-    ) -> tuple[pb.PipelineResponse, int]:
+    ) -> tuple[PipelineReply, int]:
         """A batch of valid gets only (the common read path): one multi-key read.
 
         Returns the reply and the budget bytes it holds until it is sent. One MGET
@@ -202,14 +203,14 @@ class BatchRunner:
                 max_bytes=None if worst <= granted else granted,
             )
             if type(found) is PartialRead:  # some values did not fit the first read
-                if self._large_replies.acquire(timeout=self._replies.wait(context)):
+                if self._bulk.acquire(self._replies.wait(context)):
                     try:
                         found, granted, by_budget = self._read_left_out(
                             keys, list(found), bound, granted, context
                         )
                         response = self._partial_reply(found, by_budget)
                     finally:
-                        self._large_replies.release()
+                        self._bulk.release()
                 else:
                     response = self._partial_reply(found, True)
                 return response, self._replies.settle(granted, response, granted)
@@ -225,13 +226,32 @@ class BatchRunner:
             )
             return response, self._replies.settle(granted, response)
         if None not in found:  # every key hit: no per-value test needed
-            response = pb.PipelineResponse(outcomes=[_VALUE] * size, values=found)
+            outcomes, values = [_VALUE] * size, found
         else:
-            response = pb.PipelineResponse(
-                outcomes=[_NOT_FOUND if v is None else _VALUE for v in found],
-                values=[_EMPTY if v is None else v for v in found],
-            )
+            outcomes = [_NOT_FOUND if v is None else _VALUE for v in found]
+            values = [_EMPTY if v is None else v for v in found]
+        response = self._reply(outcomes, values, (), context)
         return response, self._replies.settle(granted, response)
+
+    def _reply(
+        self,
+        outcomes: list[pb.Outcome],
+        values: list[bytes],
+        errors: Sequence[pb.OperationError],
+        context: grpc.ServicerContext,
+        stale: Sequence[pb.StaleAnswer] = (),
+    ) -> PipelineReply:
+        """The reply; one of megabytes of values waits its turn at the gate (bounded
+        by the caller's deadline; past the wait it is built anyway)."""
+        value_bytes = sum(map(len, values))  # in C: a sum, no per-value Python step
+        if value_bytes < BULK_REPLY_BYTES:
+            return pb.PipelineResponse(outcomes=outcomes, values=values, errors=errors, stale=stale)
+        taken = self._bulk.acquire(self._replies.wait(context))
+        try:
+            return reply_of(outcomes, values, errors, stale, value_bytes)
+        finally:
+            if taken:
+                self._bulk.release()
 
     def _read_left_out(
         self,
@@ -273,8 +293,9 @@ class BatchRunner:
             return PartialRead(found), granted, extra < want
         return found, granted, False
 
-    def _partial_reply(self, found: list[Any], by_budget: bool) -> pb.PipelineResponse:
-        """A reply in which some gets may be left out: RESOURCE_EXHAUSTED for each of them."""
+    def _partial_reply(self, found: list[Any], by_budget: bool) -> PipelineReply:
+        """A reply in which some gets may be left out: RESOURCE_EXHAUSTED for each of them
+        (built by a caller that holds the bulk gate, or that waited for it in vain)."""
         outcomes = []
         values = []
         errors = []
@@ -292,7 +313,7 @@ class BatchRunner:
             else:
                 outcomes.append(_VALUE)
                 values.append(value)
-        return pb.PipelineResponse(outcomes=outcomes, values=values, errors=errors)
+        return reply_of(outcomes, values, errors)
 
     def _command(self, index: int, op: pb.Operation, prefix: str) -> tuple[Any, ...]:
         """The Redis command of one operation, checked against the limits."""

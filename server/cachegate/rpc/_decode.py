@@ -94,6 +94,7 @@ def add_service(
     raw: frozenset[str] = frozenset(),
     limits: Mapping[str, RequestLimit] | None = None,
     entries: Mapping[str, Sequence[EntryLimit]] | None = None,
+    serializers: Mapping[str, Callable[[Any], bytes]] | None = None,
 ) -> None:
     """Register `behaviors` (method name -> servicer method) for `service`.
 
@@ -104,6 +105,8 @@ def add_service(
     a larger request reaches the behavior as MessageTooLarge, never parsed.
     `entries` maps a method to limits on its repeated fields' entries: a request past
     one reaches the behavior as TooManyEntries, never parsed.
+    `serializers` maps a method to its own response serializer (its replies may come
+    encoded already).
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -116,7 +119,11 @@ def add_service(
                 request = limited(request, method.input_type.full_name, limits[method.name], names)
             if entries and method.name in entries:
                 request = counted(request, method.input_type.full_name, entries[method.name])
-        response = message_factory.GetMessageClass(method.output_type).SerializeToString
+        response: Callable[[Any], bytes] = message_factory.GetMessageClass(
+            method.output_type
+        ).SerializeToString
+        if serializers and method.name in serializers:
+            response = serializers[method.name]
         streaming_in, streaming_out = method.client_streaming, method.server_streaming
         if guarded:
             behavior = _guard_stream(behavior) if streaming_in else _guard_unary(behavior)

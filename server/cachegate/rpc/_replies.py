@@ -25,6 +25,7 @@ import grpc
 from cachegate.core import LimitSettings
 from cachegate.pool import TooLarge
 from cachegate.rpc._budget import REPLY_COPIES, REQUEST_COPIES, MemoryBudget
+from cachegate.rpc._bulkreply import EncodedReply, PipelineReply
 from cachegate.rpc._status import TooBusyError
 from cachegate.v1 import cache_pb2 as pb
 
@@ -74,19 +75,23 @@ class ReplyBudget:
         return granted
 
     def settle(
-        self, reserved_read: int, reply: pb.PipelineResponse, value_bytes: int | None = None
+        self, reserved_read: int, reply: PipelineReply, value_bytes: int | None = None
     ) -> int:
         """Turn a read's reservation into the reply's; the budget bytes now held.
 
         `value_bytes` (at most) in the reply's values, when known, spares measuring
         it: upb measures a message by encoding it, which for a large reply holds
-        the GIL for milliseconds.
+        the GIL for milliseconds. An encoded reply's size is its length.
         """
         held = reserved_read * REPLY_COPIES
-        if value_bytes is None:
-            size = reply.ByteSize()
+        message = reply.message if type(reply) is EncodedReply else reply
+        assert isinstance(message, pb.PipelineResponse)
+        if type(reply) is EncodedReply:
+            size = len(reply.data)
+        elif value_bytes is None:
+            size = message.ByteSize()
         else:
-            size = value_bytes + len(reply.outcomes) * PER_OP_REPLY_BYTES + REPLY_OVERHEAD_BYTES
+            size = value_bytes + len(message.outcomes) * PER_OP_REPLY_BYTES + REPLY_OVERHEAD_BYTES
         need = size * REPLY_COPIES
         if need < held:
             self._budget.release(held - need)

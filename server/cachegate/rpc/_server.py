@@ -24,6 +24,7 @@ from cachegate.core import CircuitState, Config, LimitSettings, StaleCopy
 from cachegate.pool import RedisConnectionPool
 from cachegate.rpc._admin import AdminServicer
 from cachegate.rpc._auth import AuthInterceptor, TokenTable, TokenTableError
+from cachegate.rpc._bulkreply import wire
 from cachegate.rpc._commands import BreakerCommands
 from cachegate.rpc._decode import add_service
 from cachegate.rpc._health import HealthReporter
@@ -308,6 +309,7 @@ def create_server(
         guarded=False,
         raw=frozenset({"Pipeline"}),
         limits=request_limits(limits),
+        serializers={"Pipeline": wire},
     )
     invalidations = InvalidationServicer(pool, limits, servicer.streams, tokens)
     add_service(  # the servicer answers undecodable requests itself

@@ -14,6 +14,7 @@ from cachegate.rpc._admin import breaker_stats
 from cachegate.rpc._auth import Identity, TokenTable, caller_identity
 from cachegate.rpc._batches import BatchRunner
 from cachegate.rpc._budget import REQUEST_COPIES, MemoryBudget
+from cachegate.rpc._bulkreply import EncodedReply, PipelineReply
 from cachegate.rpc._decode import Undecodable, undecodable_message
 from cachegate.rpc._endcall import end_call
 from cachegate.rpc._health import HealthSample
@@ -175,7 +176,7 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
 
     def Pipeline(  # type: ignore[override]  # requests arrive as bytes (see _fastpath)
         self, request_iterator: Iterable[bytes], context: grpc.ServicerContext
-    ) -> Iterator[pb.PipelineResponse]:
+    ) -> Iterator[PipelineReply]:  # encoded by _bulkreply.wire
         tenant = self._tenant(context)
         caller = caller_of(context.peer(), tenant.tenant if tenant else None)
         try:
@@ -241,7 +242,10 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
         return identity
 
-    def _count_batch(self, tenant: str, reply: pb.PipelineResponse) -> None:
+    def _count_batch(self, tenant: str, reply: PipelineReply) -> None:
+        if type(reply) is EncodedReply:
+            reply = reply.message
+        assert isinstance(reply, pb.PipelineResponse)
         outcomes = list(reply.outcomes)
         hits = outcomes.count(_VALUE) - len(reply.stale)  # a stale answer read no Redis
         self._tenants.add(tenant, len(outcomes), hits, outcomes.count(_NOT_FOUND))
