@@ -650,13 +650,14 @@ def test_no_process_pins_itself_unless_asked(launch: Launch, redis_server: Redis
 
 
 @pytest.fixture
-def cpu_cgroup() -> Iterator[Callable[[int], Path]]:
-    """A real cgroup v1 `cpu` group with a CFS quota, made for one test and removed after
-    (skipped where the machine does not let us make one: no v1 cpu hierarchy, no rights)."""
+def v1_cgroup() -> Iterator[Callable[[str, dict[str, int]], Path]]:
+    """A real cgroup v1 group of one controller ("cpu", "memory") with the given files
+    written (a quota, a limit), made for one test and removed after (skipped where the
+    machine does not let us make one: no v1 hierarchy of it, no rights)."""
     made: list[Path] = []
 
-    def make(quota_us: int) -> Path:
-        parent = Path("/sys/fs/cgroup/cpu")
+    def make(controller: str, files: dict[str, int]) -> Path:
+        parent = Path("/sys/fs/cgroup") / controller
         group = parent / f"cachegate-test-{os.getpid()}-{len(made)}"
         try:
             group.mkdir()
@@ -664,10 +665,10 @@ def cpu_cgroup() -> Iterator[Callable[[int], Path]]:
             pytest.skip(f"cannot make a cgroup here ({parent}: {exc})")
         made.append(group)
         try:
-            (group / "cpu.cfs_period_us").write_text("100000")
-            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+            for name, value in files.items():
+                (group / name).write_text(str(value))
         except OSError as exc:
-            pytest.skip(f"cannot set a CPU quota here ({group}: {exc})")
+            pytest.skip(f"cannot set {', '.join(files)} here ({group}: {exc})")
         return group
 
     yield make
@@ -688,24 +689,68 @@ def cpu_cgroup() -> Iterator[Callable[[int], Path]]:
                 time.sleep(0.1)
 
 
-def test_the_worker_count_follows_a_real_cgroup_cpu_quota(
-    launch: Launch, redis_server: RedisProcess, cpu_cgroup: Callable[[int], Path]
-) -> None:
-    if len(affinity_of(0)) < 2:
-        pytest.skip("one CPU here: the quota cannot lower the worker count")
-    group = cpu_cgroup(50_000)  # half a CPU
-    # The server starts inside the group (it joins it, then becomes cachegate-server).
+def entering(group: Path) -> list[str]:
+    """A command that starts the server inside `group` (it joins it, then becomes
+    cachegate-server)."""
     enter = (
         "import os, sys; "
         f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid())); "
         f"os.execv({SERVER!r}, [{SERVER!r}])"
     )
+    return [sys.executable, "-c", enter]
+
+
+def test_the_worker_count_follows_a_real_cgroup_cpu_quota(
+    launch: Launch, redis_server: RedisProcess, v1_cgroup: Callable[[str, dict[str, int]], Path]
+) -> None:
+    if len(affinity_of(0)) < 2:
+        pytest.skip("one CPU here: the quota cannot lower the worker count")
+    # Half a CPU.
+    group = v1_cgroup("cpu", {"cpu.cfs_period_us": 100_000, "cpu.cfs_quota_us": 50_000})
     port = free_port()
-    server = launch(
-        redis_env(redis_server, port, CACHEGATE_WORKERS="0"), [sys.executable, "-c", enter]
-    )
+    server = launch(redis_env(redis_server, port, CACHEGATE_WORKERS="0"), entering(group))
     assert worker_ids(f"127.0.0.1:{port}", server, {0}) == {0}
     assert stats(f"127.0.0.1:{port}").workers == 1  # two CPUs here, but half a CPU's time
     (plan,) = server.messages("one process, no supervisor")
     assert (plan["workers"], plan["cpu_quota"], plan["cpu_share_each"]) == (1, 0.5, 0.5)
     assert server.stop() == 0
+
+
+def test_each_workers_memory_follows_a_real_cgroup_limit_unless_set(
+    launch: Launch, redis_server: RedisProcess, v1_cgroup: Callable[[str, dict[str, int]], Path]
+) -> None:
+    # 448 MiB for 2 workers: 224 MiB each, less a worker's base (112 MiB), split 8 : 1
+    # between the memory budget and the stale copy: both below their defaults (the caps).
+    mib = 1024 * 1024
+    group = v1_cgroup("memory", {"memory.limit_in_bytes": 448 * mib})
+    budget, stale = 112 * mib * 8 // 9, 112 * mib // 9
+
+    def figures(server: ServerProcess) -> list[tuple[int, int]]:
+        """The budget and stale copy each worker runs with, from its `serving` line."""
+        wait_for(lambda: len(server.messages("serving")) == 2, 30, "two serving workers")
+        return [
+            (s["memory_budget_bytes"], s["stale_copy_bytes"]) for s in server.messages("serving")
+        ]
+
+    port = free_port()
+    derived = launch(redis_env(redis_server, port), entering(group))
+    assert figures(derived) == [(budget, stale)] * 2
+    (plan,) = [entry for entry in derived.logs() if "memory_budget_from" in entry]
+    assert (plan["workers"], plan["memory_limit_mib"], plan["memory_limit_from"]) == (
+        2,
+        448.0,
+        "cgroup",
+    )
+    assert (plan["memory_budget_from"], plan["stale_copy_from"]) == ("default", "default")
+    assert derived.stop() == 0
+
+    # Set, the operator's figures win over the derived ones, even past the limit (which
+    # the plan warns about: 2 x (112 + 200) MiB is more than 448).
+    port = free_port()
+    chosen = {"CACHEGATE_MEMORY_BUDGET_BYTES": str(200 * mib), "CACHEGATE_STALE_COPY_BYTES": "0"}
+    explicit = launch(redis_env(redis_server, port, **chosen), entering(group))
+    assert figures(explicit) == [(200 * mib, 0)] * 2
+    (plan,) = [entry for entry in explicit.logs() if "memory_budget_from" in entry]
+    assert (plan["memory_budget_from"], plan["stale_copy_from"]) == ("set", "set")
+    assert [e for e in explicit.logs() if "pass the memory limit of 448.0 MiB" in e["msg"]]
+    assert explicit.stop() == 0

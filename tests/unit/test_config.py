@@ -136,7 +136,13 @@ def test_every_setting_default_parses() -> None:
     written_out = load_config(env)
     # Writing REDIS_HOST out, even as its default, asks for Redis (the guide's rule).
     assert (written_out.backend, written_out.backend_chosen_by) == ("redis", "REDIS_HOST")
-    assert replace(written_out, backend="memory", backend_chosen_by="default") == load_config({})
+    # Writing a memory figure out, even as its default, makes it the operator's: the
+    # worker plan no longer lowers it to the memory the process may use.
+    assert written_out.limits.memory_budget_set
+    assert written_out.limits.stale_copy_set
+    limits = replace(written_out.limits, memory_budget_set=False, stale_copy_set=False)
+    unset = replace(written_out, backend="memory", backend_chosen_by="default", limits=limits)
+    assert unset == load_config({})
 
 
 # --- which backend: CACHEGATE_BACKEND, else the Redis variables, else the caller's default ---

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from cachegate.core import load_config
+from cachegate.runtime._cgroup import cgroup_dirs
 from cachegate.runtime._cpus import (
     CpuQuota,
-    cgroup_dirs,
     parse_cfs,
     parse_cpu_max,
     process_cpu_share,
@@ -108,15 +108,15 @@ def test_pinning_is_off_by_default_and_round_robin_when_asked() -> None:
 
 def test_cgroup_dirs_walk_up_from_ours_to_the_mount_root() -> None:
     v2 = "0::/kubepods.slice/pod1/cri-abc\n"
-    assert cgroup_dirs(v2, "/sys/fs/cgroup") == [
+    assert cgroup_dirs(v2, "cpu", "/sys/fs/cgroup") == [
         (2, "/sys/fs/cgroup/kubepods.slice/pod1/cri-abc"),
         (2, "/sys/fs/cgroup/kubepods.slice/pod1"),
         (2, "/sys/fs/cgroup/kubepods.slice"),
         (2, "/sys/fs/cgroup"),
     ]
-    assert cgroup_dirs("0::/\n", "/sys/fs/cgroup") == [(2, "/sys/fs/cgroup")]
+    assert cgroup_dirs("0::/\n", "cpu", "/sys/fs/cgroup") == [(2, "/sys/fs/cgroup")]
     v1 = "12:memory:/docker/x\n4:cpu,cpuacct:/docker/x\n3:cpuset:/docker/x\n0::/\n"
-    assert cgroup_dirs(v1, "/cg") == [
+    assert cgroup_dirs(v1, "cpu", "/cg") == [
         (1, "/cg/cpu,cpuacct/docker/x"),
         (1, "/cg/cpu,cpuacct/docker"),
         (1, "/cg/cpu,cpuacct"),

@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from cachegate.client import SERVICE_NAME
-from cachegate.core import SETTINGS, load_config
+from cachegate.core import SETTINGS, LimitSettings, load_config
 from cachegate.runtime._cpus import CpuQuota
+from cachegate.runtime._memory import MemoryLimit
 from cachegate.runtime._plan import plan_workers
 from conftest import RunningServer, StartServer
 from redisprocs import free_port
@@ -150,6 +151,15 @@ def cpu_quota(value: str | float) -> CpuQuota:
     text = str(value).strip()
     milli = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
     return CpuQuota(milli * 100, 100_000)
+
+
+def memory_bytes(value: str) -> int:
+    """A Kubernetes memory quantity ("512Mi", "1Gi", "600M") in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, size in units.items():
+        if value.endswith(suffix):
+            return int(value[: -len(suffix)]) * size
+    return int(value)
 
 
 # --- Kubernetes -----------------------------------------------------------------------
@@ -288,6 +298,21 @@ def test_workers_follow_the_pods_cpu_limit_and_pin_nothing() -> None:
     assert not plan.pin
     # Each worker serves its metrics on 9464 + its id; one is scraped.
     assert plan.workers == 1, "more workers need their metrics ports scraped too"
+
+
+def test_the_pods_memory_limit_holds_its_workers_at_the_memory_defaults() -> None:
+    # The memory budget and stale copy follow the memory limit (runtime/_memory.py):
+    # the pod's limit must leave its workers their whole defaults, within the limit.
+    limits = container()["resources"]["limits"]
+    memory = MemoryLimit(memory_bytes(limits["memory"]), "cgroup")
+    config = load_config(config_data())
+    plan = plan_workers(config, BIG_NODE, cpu_quota(limits["cpu"]), memory)
+    defaults = LimitSettings()
+    assert (plan.memory.budget, plan.memory.stale_copy) == (
+        defaults.memory_budget_bytes,
+        defaults.stale_copy_bytes,
+    )
+    assert plan.memory.fits
 
 
 def test_service_targets_the_container_ports() -> None:

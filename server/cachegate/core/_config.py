@@ -131,6 +131,12 @@ class LimitSettings:
     # The worker's copy of values for stale-if-error answers (core/_stalecopy.py);
     # extra memory per worker, counted against nothing else. 0 disables it.
     stale_copy_bytes: int = 16 * 1024 * 1024
+    # Whether the two figures above were set (CACHEGATE_MEMORY_BUDGET_BYTES,
+    # CACHEGATE_STALE_COPY_BYTES). Unset, they hold the defaults, which are caps: the
+    # server's worker plan (runtime/_memory.py) lowers them to each worker's part of
+    # the memory the process may use. A set figure is the operator's and stays.
+    memory_budget_set: bool = False
+    stale_copy_set: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +257,9 @@ def load_config(env: Mapping[str, str], *, default_backend: BackendKind = "memor
             continue  # filled from socket_timeout below
         sections[setting.section][setting.attr] = value
     sections["redis"].update(url_fields)
+    limits = sections["limits"]
+    limits["memory_budget_set"] = "CACHEGATE_MEMORY_BUDGET_BYTES" in env
+    limits["stale_copy_set"] = "CACHEGATE_STALE_COPY_BYTES" in env
     backend, chosen_by = select_backend(env, default=default_backend)
     if backend == "sentinel" and not sections["redis"]["sentinels"]:
         raise ConfigError("REDIS_SENTINELS='': required when CACHEGATE_BACKEND=sentinel")
@@ -266,7 +275,6 @@ def load_config(env: Mapping[str, str], *, default_backend: BackendKind = "memor
         raise ConfigError(
             "CACHEGATE_TLS_CLIENT_CA: needs CACHEGATE_TLS_CERT and _KEY (mTLS is TLS)"
         )
-    limits = sections["limits"]
     if limits["max_streams"] >= limits["max_concurrent_rpcs"]:
         raise ConfigError(
             f"CACHEGATE_MAX_STREAMS={limits['max_streams']!r}: must be below "

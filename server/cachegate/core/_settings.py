@@ -173,8 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
             "serve gRPC server reflection (for grpcurl)", _bool),
     Setting("CACHEGATE_WORKERS", "server", "workers", "0",
             "worker processes sharing the port; 0 = one per CPU the process may use: the "
-            "smaller of its CPU affinity and its cgroup CPU quota rounded up (memory backend: "
-            "always 1)", _int(0)),
+            "smaller of its CPU affinity and its cgroup CPU quota rounded up, and no more than "
+            "its memory limit holds (memory backend: always 1)", _int(0)),
     Setting("CACHEGATE_PIN_CPUS", "server", "pin_cpus", "0",
             "1 pins each worker (or the single process) to one CPU of its affinity set, round "
             "robin; only for CPUs this server has to itself (exclusive cores)", _bool),
@@ -202,15 +202,17 @@ SETTINGS: tuple[Setting, ...] = (
             "may hold a key, a value and a little more)", _int(1024)),
     Setting("CACHEGATE_MEMORY_BUDGET_BYTES", "limits", "memory_budget_bytes", "134217728",
             "request and reply bytes one worker holds at once; past it, calls and operations "
-            "get RESOURCE_EXHAUSTED (the default suits a 512 MiB container with 2 workers)",
-            _int(1024 * 1024)),
+            "get RESOURCE_EXHAUSTED; unset: at most this, less where the memory the process "
+            "may use (cgroup limit, else physical), shared by the workers, is smaller (a "
+            "512 MiB container with 2 workers keeps all of it)", _int(1024 * 1024)),
     Setting("CACHEGATE_SEND_TIMEOUT", "limits", "send_timeout", "10",
             "seconds a Pipeline reply may wait for a caller that does not read it; then the "
             "stream ends with RESOURCE_EXHAUSTED", _float(positive=True)),
     Setting("CACHEGATE_STALE_COPY_BYTES", "limits", "stale_copy_bytes", "16777216",
             "bytes of values each worker keeps to answer reads that allow staleness "
             "(stale_if_error_seconds) while Redis cannot; extra memory per worker, counted "
-            "against no other limit; 0 disables stale answers", _int(0)),
+            "against no other limit; 0 disables stale answers; unset: at most this, less "
+            "with less memory per worker, as CACHEGATE_MEMORY_BUDGET_BYTES", _int(0)),
     Setting("CACHEGATE_STREAM_SHARE", "limits", "stream_share", "0.25",
             "share of CACHEGATE_MAX_STREAMS one caller may hold in each process (a tenant "
             "with tokens, else a client IP address; at least 1 stream); 1 = no share",

@@ -10,7 +10,7 @@ they read is pure and unit-tested on given file contents (tests/unit/test_cpus.p
 
 - cgroup v2: `cpu.max` holds "<quota> <period>" in microseconds, "max <period>" for
   no quota. A quota set on a parent cgroup binds its children too, so every cgroup
-  from ours up to the mount's root is read and the tightest quota counts.
+  from ours up to the mount's root is read and the tightest quota counts (`_cgroup.py`).
 - cgroup v1: `cpu.cfs_quota_us` (-1 for no quota) and `cpu.cfs_period_us` in the
   `cpu` controller's hierarchy.
 """
@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+
+from cachegate.runtime._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_dirs, read_text
 
 __all__ = [
     "CpuQuota",
     "available_cpus",
-    "cgroup_dirs",
     "parse_cfs",
     "parse_cpu_max",
     "process_cpu_share",
@@ -34,8 +34,6 @@ __all__ = [
     "worker_count",
 ]
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-PROC_SELF_CGROUP = "/proc/self/cgroup"
 GIL_CPUS = 1.0
 """The Python work of one process runs on about one CPU at a time, however many it may
 use (the GIL): the most CPU one process's calls can use, whatever the machine."""
@@ -102,30 +100,6 @@ def tightest(quotas: Iterable[CpuQuota | None]) -> CpuQuota | None:
     return min(found, key=lambda q: q.cpus) if found else None
 
 
-def cgroup_dirs(proc_self_cgroup: str, root: str = CGROUP_ROOT) -> list[tuple[int, str]]:
-    """The cgroup directories whose CPU quota binds this process, from /proc/self/cgroup.
-
-    (1, dir) for a cgroup v1 `cpu` hierarchy, (2, dir) for the v2 one; each cgroup from
-    ours up to the mount's root (in a container the mount's root IS the container's
-    cgroup, while the listed path may be the host's: missing directories are skipped
-    by the reader).
-    """
-    found: list[tuple[int, str]] = []
-    for line in proc_self_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            version, mount = 2, PurePosixPath(root)
-        elif "cpu" in controllers.split(","):
-            version, mount = 1, PurePosixPath(root) / controllers
-        else:
-            continue
-        here = PurePosixPath("/") / path.lstrip("/")
-        for level in (here, *here.parents):
-            found.append((version, str(mount / level.relative_to("/"))))
-    return found
-
-
 def read_cpu_quota(
     read: Callable[[str], str | None] | None = None,
     *,
@@ -137,9 +111,9 @@ def read_cpu_quota(
     `read(path)` returns a file's text or None when it cannot be read (by default the
     file system; tests give file contents).
     """
-    read = read or _read_text
+    read = read or read_text
     listing = read(proc_self_cgroup)
-    dirs = cgroup_dirs(listing, root) if listing else []
+    dirs = cgroup_dirs(listing, "cpu", root) if listing else []
     if not dirs:  # no /proc (or an odd one): the v2 file at the mount's root, if any
         dirs = [(2, root)]
     quotas: list[CpuQuota | None] = []
@@ -170,11 +144,3 @@ def process_cpu_share(cpus: int, quota: CpuQuota | None, workers: int) -> float:
     if quota is not None:
         share = min(share, quota.cpus / workers)
     return share
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as file:
-            return file.read()
-    except OSError:
-        return None

@@ -6,12 +6,15 @@ A CPython process serves gRPC on about one core (the GIL); to use every core,
 exists, the plan decides:
 
 - how many workers (CACHEGATE_WORKERS, 0 = one per CPU the process may use:
-  the smaller of the affinity set and the cgroup CPU quota, `_cpus.py`), and how
+  the smaller of the affinity set and the cgroup CPU quota, `_cpus.py`, and no more
+  than the memory the process may use holds, `_memory.py`), and how
   many Redis connections each (REDIS_MAX_CONNECTIONS // workers, so the total
   never exceeds it; never more workers than connections; ONE worker for the
   embedded memory backend, whose data lives in one process);
-- each worker's config: its share of connections and of the CPU, and its own HTTP
-  side port (when on, each serves its own /metrics and /health/redis on
+- each worker's memory budget and stale copy, unless set: its part of the memory
+  the process may use, at most the defaults (`_memory.py`);
+- each worker's config: its share of connections, of the CPU and of the memory, and
+  its own HTTP side port (when on, each serves its own /metrics and /health/redis on
   `http port + worker id`);
 - which settings make sense for one process but not for several (port 0);
 - that no OTHER server holds an address (`ensure_free`: a plain bind without
@@ -31,8 +34,15 @@ import os
 import socket
 from dataclasses import dataclass, replace
 
-from cachegate.core import Config, ConfigError, parse_address
+from cachegate.core import REPLY_COPIES, Config, ConfigError, parse_address
 from cachegate.runtime._cpus import CpuQuota, process_cpu_share, worker_count
+from cachegate.runtime._memory import (
+    WORKER_BASE_BYTES,
+    MemoryLimit,
+    MemoryShares,
+    memory_shares,
+    workers_that_fit,
+)
 
 __all__ = [
     "ListenError",
@@ -63,6 +73,7 @@ class WorkerPlan:
     explicit: bool  # CACHEGATE_WORKERS was set (not 0 = one per CPU)
     cpus: tuple[int, ...]
     reason: str
+    memory: MemoryShares  # each worker's memory budget and stale copy, and the limit
     quota_cpus: float | None = None  # the cgroup CPU quota, in CPUs (None: no quota)
     cpu_share: float = 1.0  # the CPU each worker may use (process_cpu_share)
     cpu_period: float = 0.0  # the quota's period in seconds (0: no quota)
@@ -75,6 +86,8 @@ class WorkerPlan:
     def log(self) -> None:
         # A warning only when the operator asked for more workers than they get.
         level = logging.WARNING if self.explicit and self.workers < self.requested else logging.INFO
+        memory = self.memory
+        limit = memory.limit
         log.log(
             level,
             self.reason,
@@ -87,17 +100,49 @@ class WorkerPlan:
                 "pinned": self.pin,
                 "max_connections_each": self.max_connections_each,
                 "max_connections_total": self.max_connections_each * self.workers,
+                "memory_limit_mib": limit.mib if limit is not None else None,
+                "memory_limit_from": limit.source if limit is not None else None,
+                "memory_budget_bytes_each": memory.budget,
+                "memory_budget_from": "set" if memory.budget_set else "default",
+                "stale_copy_bytes_each": memory.stale_copy,
+                "stale_copy_from": "set" if memory.stale_copy_set else "default",
             },
         )
+        if not memory.fits and limit is not None:
+            log.warning(
+                f"{self.workers} workers of up to {_mib(memory.per_worker)} MiB each (base "
+                f"{_mib(WORKER_BASE_BYTES)}, memory budget {_mib(memory.budget)}, stale copy "
+                f"{_mib(memory.stale_copy)}) pass the memory limit of {limit.mib} MiB "
+                f"({limit.source}): under heavy load the kernel may kill workers; give the "
+                "process more memory, or set fewer CACHEGATE_WORKERS, a smaller "
+                "CACHEGATE_MEMORY_BUDGET_BYTES or CACHEGATE_STALE_COPY_BYTES where set, or a "
+                "smaller CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES (the budget holds at least "
+                f"{REPLY_COPIES} copies of a reply of that size)",
+                extra={
+                    "workers": self.workers,
+                    "memory_limit_mib": limit.mib,
+                    "memory_each_mib": _mib(memory.per_worker),
+                },
+            )
 
 
-def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None) -> WorkerPlan:
-    """Decide the worker count and each worker's share of REDIS_MAX_CONNECTIONS.
+def plan_workers(
+    config: Config,
+    cpus: list[int],
+    quota: CpuQuota | None = None,
+    memory: MemoryLimit | None = None,
+) -> WorkerPlan:
+    """Decide the worker count and each worker's share of REDIS_MAX_CONNECTIONS and
+    of the memory.
 
     `cpus`: the affinity set (`available_cpus()`); `quota`: the cgroup CPU quota
-    (`read_cpu_quota()`). By default one worker per CPU the process may use.
+    (`read_cpu_quota()`); `memory`: what the process may use (`memory_ceiling()`; None:
+    unknown, the memory defaults apply as they are). By default one worker per CPU the
+    process may use, as many as the memory holds.
     """
-    requested = config.server.workers or worker_count(len(cpus), quota)
+    by_cpu = worker_count(len(cpus), quota)
+    by_memory = workers_that_fit(memory, config.limits)
+    requested = config.server.workers or min(by_cpu, by_memory or by_cpu)
     max_connections = config.pool.max_connections
     if config.backend == "memory":
         workers = 1
@@ -119,6 +164,11 @@ def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None)
             else f"{workers} worker processes share the port, "
             f"{max_connections // workers} Redis connections each"
         )
+        if memory is not None and workers < by_cpu and not config.server.workers:
+            reason += (
+                f": {workers} instead of one per CPU ({by_cpu}), as many as the memory "
+                f"limit of {memory.mib} MiB ({memory.source}) holds"
+            )
     return WorkerPlan(
         workers=workers,
         max_connections_each=max_connections // workers,
@@ -126,6 +176,7 @@ def plan_workers(config: Config, cpus: list[int], quota: CpuQuota | None = None)
         explicit=config.server.workers > 0,
         cpus=tuple(cpus) or (0,),
         reason=reason,
+        memory=memory_shares(config.limits, memory, workers),
         quota_cpus=quota.cpus if quota is not None else None,
         cpu_share=process_cpu_share(len(cpus), quota, workers),
         cpu_period=quota.period if quota is not None else 0.0,
@@ -165,11 +216,17 @@ def check_worker_mode(config: Config, plan: WorkerPlan) -> None:
 
 
 def worker_config(config: Config, plan: WorkerPlan, worker_id: int) -> Config:
-    """Worker `worker_id`'s config: its share of connections and of the CPU, its own
-    side port. (The single process of a one-worker plan runs worker 0's config.)"""
+    """Worker `worker_id`'s config: its share of connections, of the CPU and of the
+    memory, its own side port. (The single process of a one-worker plan runs worker
+    0's config.)"""
     return replace(
         config,
         pool=replace(config.pool, max_connections=plan.max_connections_each),
+        limits=replace(
+            config.limits,
+            memory_budget_bytes=plan.memory.budget,
+            stale_copy_bytes=plan.memory.stale_copy,
+        ),
         server=replace(
             config.server,
             workers=plan.workers,
@@ -220,3 +277,7 @@ def pin_to(cpu: int) -> None:
         log.info("pinned to one CPU", extra={"cpu": cpu})
     except OSError as exc:
         log.warning("cannot pin to a CPU", extra={"cpu": cpu, "reason": str(exc)})
+
+
+def _mib(size: int) -> float:
+    return round(size / (1024 * 1024), 1)

@@ -134,6 +134,9 @@ def run(
             "redis": config.backend_target,  # password masked
             "backend_chosen_by": config.backend_chosen_by,
             "max_connections": config.pool.max_connections,
+            # This process's own figures (the plan's, or the operator's where set).
+            "memory_budget_bytes": config.limits.memory_budget_bytes,
+            "stale_copy_bytes": config.limits.stale_copy_bytes,
         },
     )
     stop.wait()
@@ -149,6 +152,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     from prometheus_client import disable_created_metrics
 
     from cachegate.runtime._cpus import available_cpus, read_cpu_quota
+    from cachegate.runtime._memory import memory_ceiling, physical_memory, read_memory_limit
     from cachegate.runtime._plan import check_worker_mode, pin_to, plan_workers, worker_config
     from cachegate.runtime._supervisor import Supervisor
 
@@ -168,7 +172,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     # Counters' *_created series double /metrics for no use on a Prometheus server.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     cpus = available_cpus()
-    plan = plan_workers(config, cpus, read_cpu_quota())
+    memory = memory_ceiling(read_memory_limit(), physical_memory())
+    plan = plan_workers(config, cpus, read_cpu_quota(), memory)
     plan.log()
     if plan.workers == 1:
         # CACHEGATE_PIN_CPUS=1: keep the process's threads on one CPU. A Python process
