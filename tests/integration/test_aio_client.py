@@ -259,7 +259,11 @@ def test_async_redis_cache_keeps_the_guides_api(
         async with (
             AsyncRedisCache(redis_backed_server.target) as raw,
             AsyncRedisCache(redis_backed_server.target, decode_responses=True) as text,
-            AsyncRedisCache(redis_backed_server.target, near_cache=near) as near_cached,
+            # Without the invalidation feed, the TTL alone bounds staleness (the feed's
+            # own tests are in test_aio_invalidations.py).
+            AsyncRedisCache(
+                redis_backed_server.target, near_cache=near, invalidations=False
+            ) as near_cached,
             AsyncCacheClient(redis_backed_server.target) as other,
         ):
             assert await raw.set("user:1", "alice") is True

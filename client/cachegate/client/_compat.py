@@ -37,7 +37,7 @@ from cachegate.client._near import NearCache
 __all__ = ["HEALTH_KEYS", "RedisCache"]
 
 
-class RedisCache(LegacyCache[CacheClient]):
+class RedisCache(LegacyCache[CacheClient, NearCacheFeed]):
     """get / set / delete / health_check, as the old RedisCache had them.
 
     RedisCache(target=None, *, decode_responses=False, near_cache=None, client=None,

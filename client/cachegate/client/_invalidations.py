@@ -5,6 +5,9 @@ invalidation.proto). The first event is a reset, sent once the server tracks
 changes; after it, every change to a watched key comes as a "keys" event, and a
 reset whenever the server cannot say what changed. The end of the stream, for
 whatever reason, means the same as a reset: what changed since is unknown.
+
+`event_of` and `stream_error` are the wire's meaning, shared with the asyncio
+stream (`cachegate.client.aio._invalidations`), which only awaits.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Any, Literal
 
 import grpc
 
-from cachegate.client._errors import from_rpc_error
+from cachegate.client._errors import CacheClientError, from_rpc_error
 from cachegate.v1 import invalidation_pb2 as pb
 
-__all__ = ["Invalidation", "InvalidationStream"]
+__all__ = ["Invalidation", "InvalidationStream", "event_of", "stream_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,24 @@ class Invalidation:
     tracking: bool = False
 
 
+def event_of(message: pb.SubscribeResponse) -> Invalidation | None:
+    """The event a message carries; None for a kind this client does not know (ignored,
+    as proto3 readers do)."""
+    if message.kind == pb.INVALIDATION_KIND_RESET:
+        return Invalidation("reset", reason=message.reason, tracking=message.tracking)
+    if message.kind == pb.INVALIDATION_KIND_KEYS:
+        return Invalidation("keys", tuple(message.keys))
+    return None
+
+
+def stream_error(exc: grpc.RpcError, cancelled: bool) -> CacheClientError | None:
+    """What the end of a stream raises: None for the caller's own cancel (the stream
+    simply ends), else the status's CacheClientError."""
+    if cancelled and exc.code() == grpc.StatusCode.CANCELLED:
+        return None
+    return from_rpc_error(exc)
+
+
 class InvalidationStream:
     """Iterate for events (blocks until the next one); `cancel()` from any thread ends it.
 
@@ -49,16 +70,14 @@ class InvalidationStream:
 
     def __iter__(self) -> Iterator[Invalidation]:
         try:
-            for event in self._call:
-                if event.kind == pb.INVALIDATION_KIND_RESET:
-                    yield Invalidation("reset", reason=event.reason, tracking=event.tracking)
-                elif event.kind == pb.INVALIDATION_KIND_KEYS:
-                    yield Invalidation("keys", tuple(event.keys))
-                # a kind this client does not know: ignore, as proto3 readers do
+            for message in self._call:
+                event = event_of(message)
+                if event is not None:
+                    yield event
         except grpc.RpcError as exc:
-            if self._cancelled.is_set() and exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise from_rpc_error(exc) from exc
+            error = stream_error(exc, self._cancelled.is_set())
+            if error is not None:
+                raise error from exc
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -13,7 +13,6 @@ from typing import Any, Generic, TypeVar
 
 from cachegate.client._channel import ClientBase
 from cachegate.client._errors import CacheClientError
-from cachegate.client._feed import NearCacheFeed
 from cachegate.client._messages import HealthStatus
 from cachegate.client._near import NearCache
 from cachegate.client._ops import CacheEntry
@@ -57,6 +56,7 @@ CIRCUIT_STATE_FROM_PROTO: dict[pb.CircuitState, str] = {
 }
 
 ClientT = TypeVar("ClientT", bound=ClientBase[Any])
+FeedT = TypeVar("FeedT")  # the near cache's invalidation feed: a thread, or a task
 
 
 def encode_value(value: bytes | str | int | float) -> bytes:
@@ -74,13 +74,14 @@ def encode_value(value: bytes | str | int | float) -> bytes:
     raise TypeError(f"cannot store a {type(value).__name__}: use bytes, str, int or float")
 
 
-class LegacyCache(Generic[ClientT]):
+class LegacyCache(Generic[ClientT, FeedT]):
     """The state of a RedisCache and every decision its calls make.
 
-    Subclasses set `client_type` and implement get / set / delete / health_check as
-    calls of `client` between the steps below. `stale_if_error` (seconds, 0 for none)
-    is what every get allows: a value up to that old that the server kept, while Redis
-    cannot answer (see CacheClient.get); without one a get raises as before.
+    Subclasses set `client_type`, make the near cache's feed (`_follow`), and implement
+    get / set / delete / health_check as calls of `client` between the steps below.
+    `stale_if_error` (seconds, 0 for none) is what every get allows: a value up to that
+    old that the server kept, while Redis cannot answer (see CacheClient.get); without
+    one a get raises as before.
     """
 
     client_type: type[ClientT]
@@ -101,15 +102,15 @@ class LegacyCache(Generic[ClientT]):
         self.decode_responses = decode_responses
         self.near_cache = near_cache
         self.stale_if_error = stale_if_error
-        # The near cache follows the server's invalidations (see _feed.py) where the
-        # client can (`_follow`); without them only its TTL bounds how stale it gets.
-        self.feed: NearCacheFeed | None = None
+        # The near cache follows the server's invalidations (see _following.py);
+        # without them only its TTL bounds how stale it gets.
+        self.feed: FeedT | None = None
         if near_cache is not None and invalidations:
             self.feed = self._follow(near_cache)
 
-    def _follow(self, near_cache: NearCache) -> NearCacheFeed | None:
-        """Start the near cache's invalidation feed; None where there is none."""
-        return None
+    def _follow(self, near_cache: NearCache) -> FeedT:
+        """The near cache's invalidation feed (started now, or on first use)."""
+        raise NotImplementedError
 
     def _lookup(self, key: str) -> tuple[bool, Any]:
         """(True, value) on a near-cache hit. Otherwise (False, None), and with a near

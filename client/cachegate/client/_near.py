@@ -5,9 +5,9 @@ bounded (least recently used goes first), misses are not cached (a key written
 elsewhere shows up as soon as it exists), the client's own writes and deletes
 invalidate it, and it counts hits and misses.
 
-Given to RedisCache, it is also kept coherent with writes made anywhere: a
-background thread follows the server's invalidation stream (see _feed.py) and
-drops what changed. A read in flight when its key changes is not kept
+Given to RedisCache or AsyncRedisCache, it is also kept coherent with writes made
+anywhere: a background thread (or asyncio task) follows the server's invalidation
+stream (see _following.py) and drops what changed. A read in flight when its key changes is not kept
 (`get_or_load`): its value may predate the change.
 """
 

@@ -30,8 +30,10 @@ from cachegate.client._errors import DeadlineExceededError, from_rpc_error
 from cachegate.client._ops import CacheEntry, Operation, Result
 from cachegate.client._wire import HEALTH_CHECK, HEALTH_WATCH
 from cachegate.client.aio._closing import AsyncClosing
+from cachegate.client.aio._invalidations import AsyncInvalidationStream
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc as pb_grpc
+from cachegate.v1 import invalidation_pb2, invalidation_pb2_grpc
 
 __all__ = ["AsyncCacheClient", "Batches"]
 
@@ -48,6 +50,7 @@ class _Connection:
     loop: asyncio.AbstractEventLoop
     channel: grpc.aio.Channel
     stub: pb_grpc.CacheServiceAsyncStub
+    invalidations: invalidation_pb2_grpc.InvalidationServiceAsyncStub
     health_check: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
     health_watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
     slots: asyncio.Semaphore
@@ -143,6 +146,28 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
         )
         return _relay(call, messages.decode_batch)
 
+    # --- invalidations ---------------------------------------------------------------
+
+    def invalidations(
+        self,
+        keys: Sequence[str] = (),
+        prefixes: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> AsyncInvalidationStream:
+        """Subscribe to changes of `keys` and keys starting with `prefixes` (neither:
+        every key), as CacheClient.invalidations: no deadline unless `timeout` is given.
+        A NearCache given to AsyncRedisCache subscribes on its own (see aio/_feed).
+
+        The stream takes no MAX_CONCURRENT_CALLS slot: it lasts until cancelled, and a
+        slot held that long would be one fewer for unary calls, for good.
+        """
+        request = invalidation_pb2.SubscribeRequest(keys=keys, prefixes=prefixes)
+        call = self._connect().invalidations.Subscribe(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return AsyncInvalidationStream(call)
+
     # --- operations ----------------------------------------------------------------
 
     async def stats(self, *, timeout: float | None = None) -> pb.StatsResponse:
@@ -186,6 +211,7 @@ class AsyncCacheClient(ClientBase[grpc.aio.Channel], AsyncClosing):
                 loop,
                 channel,
                 pb_grpc.CacheServiceStub(channel),  # typed as the AsyncStub for aio
+                invalidation_pb2_grpc.InvalidationServiceStub(channel),  # likewise
                 # No (de)serializers: the health messages travel as bytes (see _wire).
                 channel.unary_unary(HEALTH_CHECK, None, None),
                 channel.unary_stream(HEALTH_WATCH, None, None),

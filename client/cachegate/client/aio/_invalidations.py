@@ -1,0 +1,68 @@
+"""AsyncInvalidationStream: the invalidation stream (see cachegate.client._invalidations)
+as an async iterator.
+
+The events and the errors are the sync stream's (`event_of`, `stream_error`); this
+module only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cachegate.client._invalidations import Invalidation, event_of, stream_error
+
+__all__ = ["AsyncInvalidationStream"]
+
+
+class AsyncInvalidationStream(AsyncIterator[Invalidation]):
+    """`async for` the events; `cancel()` (from the client's loop) ends it.
+
+    Iteration raises a CacheClientError when the stream ends with a status other
+    than the caller's own cancel, after which the stream is done. Cancelling the task
+    that iterates cancels the RPC too (and raises CancelledError, as any await does).
+    """
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        self._call = call
+        self._cancelled = False
+        self._events = self._read()
+
+    def __aiter__(self) -> AsyncInvalidationStream:
+        return self
+
+    async def __anext__(self) -> Invalidation:
+        return await anext(self._events)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the RPC and finish the iteration (for `contextlib.aclosing`)."""
+        self.cancel()
+        await self._events.aclose()
+
+    async def _read(self) -> AsyncGenerator[Invalidation, None]:
+        try:
+            async for message in self._call:
+                event = event_of(message)
+                if event is not None:
+                    yield event
+        except grpc.RpcError as exc:
+            error = stream_error(exc, self._cancelled)
+            if error is not None:
+                raise error from exc
+        except asyncio.CancelledError:
+            # grpc.aio ends a call cancelled here with CancelledError rather than a
+            # status: after our own cancel that is the stream's end, but a cancel of
+            # the iterating task must go on up.
+            task = asyncio.current_task()
+            if not self._cancelled or (task is not None and task.cancelling()):
+                raise
+        finally:
+            self._call.cancel()  # a consumer that stops early must not leave the RPC open
