@@ -46,7 +46,11 @@ def test_results_and_exceptions_reach_the_futures() -> None:
 
 
 def test_short_work_uses_at_most_core_threads() -> None:
-    pool = RpcThreadPool(3, 100)
+    # The work (1 ms) is far shorter than both growth rules' waits. Their defaults
+    # (50 ms held, 5 ms blocked while the CPU idles) are close enough to 1 ms that on
+    # a loaded host a sleep may really outlast them, and then a new thread is right;
+    # the rule here is that short work alone never grows the pool.
+    pool = RpcThreadPool(3, 100, held_after=1.0, blocked_after=0.5)
     try:
         done = [pool.submit(time.sleep, 0.001) for _ in range(300)]
         futures.wait(done, WAIT)
