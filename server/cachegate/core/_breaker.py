@@ -31,10 +31,10 @@ States and transitions follow pybreaker/resilience4j::
 
 The background probe is resilience4j's "automatic transition from OPEN to
 HALF_OPEN", made conditional: the wait in OPEN ends early when someone outside
-the breaker (the pool's prober, on the schedule of `cachegate.core._probe`) saw
-the backend answer; the HALF_OPEN trial calls still decide whether to close, so
-a backend that answers a PING but fails real calls opens the breaker again. A
-forced-open breaker ignores probes.
+the breaker (the pool's prober, `cachegate.pool._prober`, on the schedule of
+`cachegate.core._probe`) saw the backend answer; the HALF_OPEN trial calls still
+decide whether to close, so a backend that answers a PING but fails real calls
+opens the breaker again. A forced-open breaker ignores probes.
 
 Operators can pin the breaker with `CircuitBreaker.force_open` /
 `CircuitBreaker.force_closed` and release it with `CircuitBreaker.reset`.
