@@ -7,7 +7,7 @@ import threading
 import grpc
 from prometheus_client import CollectorRegistry
 
-from cachegate.rpc._metrics import HANDLING_BUCKETS, PrometheusObserver
+from cachegate.rpc._rpcmetrics import HANDLING_BUCKETS, PrometheusObserver
 
 LABELS = {"grpc_service": "cachegate.v1.CacheService", "grpc_type": "unary", "worker": "3"}
 GET, FUTURE = "/cachegate.v1.CacheService/Get", "/cachegate.v1.CacheService/Future"

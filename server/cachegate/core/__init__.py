@@ -7,9 +7,10 @@ on these pieces, and tests drive them with a fake clock.
 """
 
 from cachegate.core._address import Address, parse_address, parse_port
-from cachegate.core._breaker import BreakerSnapshot, CircuitBreaker
+from cachegate.core._breaker import CircuitBreaker
 from cachegate.core._breaker_config import BreakerConfig
 from cachegate.core._breaker_listeners import StateListener
+from cachegate.core._breaker_snapshot import BreakerSnapshot
 from cachegate.core._breaker_states import CircuitState, Outcome, Permit
 from cachegate.core._config import (
     BACKEND_HINTS,

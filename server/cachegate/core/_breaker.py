@@ -31,10 +31,10 @@ States and transitions follow pybreaker/resilience4j::
 
 The background probe is resilience4j's "automatic transition from OPEN to
 HALF_OPEN", made conditional: the wait in OPEN ends early when someone outside
-the breaker (the pool's prober, on the schedule of `cachegate.core._probe`) saw
-the backend answer; the HALF_OPEN trial calls still decide whether to close, so
-a backend that answers a PING but fails real calls opens the breaker again. A
-forced-open breaker ignores probes.
+the breaker (the pool's prober, `cachegate.pool._prober`, on the schedule of
+`cachegate.core._probe`) saw the backend answer; the HALF_OPEN trial calls still
+decide whether to close, so a backend that answers a PING but fails real calls
+opens the breaker again. A forced-open breaker ignores probes.
 
 Operators can pin the breaker with `CircuitBreaker.force_open` /
 `CircuitBreaker.force_closed` and release it with `CircuitBreaker.reset`.
@@ -43,7 +43,9 @@ Each state (the forced ones included) is an object of its own, in
 `cachegate.core._breaker_states`; this module holds what outlives a state (the
 lock, the clock, the counters) and makes the moves the states ask for. The
 settings are in `cachegate.core._breaker_config`, the listeners in
-`cachegate.core._breaker_listeners`, the refusal in `cachegate.core._errors`.
+`cachegate.core._breaker_listeners`, the view it gives of itself
+(`CircuitBreaker.snapshot`) in `cachegate.core._breaker_snapshot`, the refusal in
+`cachegate.core._errors`.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cachegate.core._breaker_config import BreakerConfig
 from cachegate.core._breaker_listeners import StateListener, TransitionAnnouncer
+from cachegate.core._breaker_snapshot import BreakerSnapshot
 from cachegate.core._breaker_states import (
     BreakerState,
     CircuitState,
@@ -79,39 +81,6 @@ __all__ = [
     "Permit",
     "StateListener",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """
-    A consistent point-in-time view of a `CircuitBreaker`, for health checks
-    and metrics. All ``*_total`` counters only ever grow.
-
-    Attributes:
-        state: The current state.
-        consecutive_failures: Failures in a row seen by the state machine
-            (stale outcomes excluded); cleared on success and when closing.
-        retry_after: Seconds until half-open when OPEN (``recovery_timeout``
-            while forced open), else ``0.0``.
-        opened_total: Times the breaker went to OPEN.
-        transitions_total: All state changes.
-        rejected_total: Calls rejected by `CircuitBreaker.acquire`.
-        successes_total: Recorded successes, stale ones included.
-        failures_total: Recorded failures, stale ones included. Slow
-            successes count here, because the breaker treats them as failures.
-        forced: True while an operator pins the state (`force_open` /
-            `force_closed`), until `reset`.
-    """
-
-    state: CircuitState
-    consecutive_failures: int
-    retry_after: float
-    opened_total: int
-    transitions_total: int
-    rejected_total: int
-    successes_total: int
-    failures_total: int
-    forced: bool
 
 
 # Frozen, so every breaker built without a config can share one instance.

@@ -74,7 +74,7 @@ class ClusterBackend:
         return self._pipeline(commands)
 
     def run_each(self, commands: Sequence[Command], timeout: float) -> list[Any]:
-        # Not used by the pool (auto-batching stays off on Cluster: see _pool.py); a
+        # Not used by the pool (auto-batching stays off on Cluster: see _sharedtrips.py); a
         # ClusterPipeline sends each command as itself, one pipeline per node.
         return self._pipeline(commands)
 

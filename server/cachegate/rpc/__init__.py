@@ -9,17 +9,18 @@ counted on the wire before parsing (`_wire`, `_decode`, `_limits`), the servicer
 each Pipeline batch run by `_batches` (with its fast path `_fastpath` and bounded
 replies `_replies`), and the one mapping of errors to gRPC status codes (`_status`).
 Beside it: health (`_health`), reflection (`_reflection`), admin RPCs (`_admin`,
-`_commands`), TLS (`_tls`), metrics (`_metrics`) and InvalidationService
-(`_invalidations`, its fan-out `_fanout`). `create_server` assembles it
-from parts it is given; the process runtime (`cachegate.runtime`) makes those parts
-and hosts it.
+`_commands`), TLS (`_tls`), metrics (`_metrics`, the RPCs' own counts in
+`_rpcmetrics`) and InvalidationService (`_invalidations`, its fan-out `_fanout`).
+`create_server` assembles it from parts it is given; the process runtime
+(`cachegate.runtime`) makes those parts and hosts it.
 """
 
 from cachegate.rpc._auth import tenant_of_key
 from cachegate.rpc._commands import BreakerCommands, Forced, LocalBreakerCommands, Reach
 from cachegate.rpc._health import SERVICE_NAME, HealthReporter
-from cachegate.rpc._metrics import PoolCollector, PrometheusObserver, ServerMetrics
+from cachegate.rpc._metrics import PoolCollector, ServerMetrics
 from cachegate.rpc._observe import ObservingInterceptor, RpcObserver
+from cachegate.rpc._rpcmetrics import PrometheusObserver
 from cachegate.rpc._server import (
     AddressInUseError,
     CacheServer,
