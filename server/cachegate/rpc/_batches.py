@@ -230,8 +230,11 @@ class BatchRunner:
         else:
             outcomes = [_NOT_FOUND if v is None else _VALUE for v in found]
             values = [_EMPTY if v is None else v for v in found]
-        response = self._reply(outcomes, values, (), context)
-        return response, self._replies.settle(granted, response)
+        # Gets only: the values and one outcome each are the whole reply, so their
+        # sum sizes it for the budget (upb would measure it by encoding it).
+        value_bytes = sum(map(len, values))  # in C: no per-value Python step
+        response = self._reply(outcomes, values, (), context, value_bytes=value_bytes)
+        return response, self._replies.settle(granted, response, value_bytes)
 
     def _reply(
         self,
@@ -240,10 +243,14 @@ class BatchRunner:
         errors: Sequence[pb.OperationError],
         context: grpc.ServicerContext,
         stale: Sequence[pb.StaleAnswer] = (),
+        *,
+        value_bytes: int | None = None,
     ) -> PipelineReply:
         """The reply; one of megabytes of values waits its turn at the gate (bounded
-        by the caller's deadline; past the wait it is built anyway)."""
-        value_bytes = sum(map(len, values))  # in C: a sum, no per-value Python step
+        by the caller's deadline; past the wait it is built anyway). `value_bytes`:
+        the values' total, when the caller has it."""
+        if value_bytes is None:
+            value_bytes = sum(map(len, values))  # in C: no per-value Python step
         if value_bytes < BULK_REPLY_BYTES:
             return pb.PipelineResponse(outcomes=outcomes, values=values, errors=errors, stale=stale)
         taken = self._bulk.acquire(self._replies.wait(context))
