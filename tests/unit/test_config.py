@@ -232,3 +232,13 @@ def test_the_memory_budget_must_hold_a_reply_at_the_send_limit() -> None:
         load_config({**settings, "CACHEGATE_MEMORY_BUDGET_BYTES": str((REPLY_COPIES - 1) * limit)})
     config = load_config({**settings, "CACHEGATE_MEMORY_BUDGET_BYTES": str(REPLY_COPIES * limit)})
     assert config.limits.memory_budget_bytes == REPLY_COPIES * limit
+
+
+def test_an_unset_budget_follows_a_larger_message_limit_up() -> None:
+    # Only a budget that was set is refused for being too small for a reply.
+    limit = 64 * 1024 * 1024
+    config = load_config({"CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES": str(limit)})
+    assert config.limits.memory_budget_bytes == REPLY_COPIES * limit
+    assert not config.limits.memory_budget_set
+    small = load_config({"CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES": str(1024 * 1024)})
+    assert small.limits.memory_budget_bytes == 128 * 1024 * 1024  # the default, a cap

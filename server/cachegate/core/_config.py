@@ -281,7 +281,12 @@ def load_config(env: Mapping[str, str], *, default_backend: BackendKind = "memor
             f"CACHEGATE_MAX_CONCURRENT_RPCS ({limits['max_concurrent_rpcs']}), or streams "
             "could hold every server thread"
         )
-    if limits["memory_budget_bytes"] < REPLY_COPIES * limits["max_receive_message_bytes"]:
+    floor = REPLY_COPIES * limits["max_receive_message_bytes"]
+    if not limits["memory_budget_set"]:
+        # The default follows a larger message limit up: asked for larger messages,
+        # a budget left unset must hold one reply of that size.
+        limits["memory_budget_bytes"] = max(limits["memory_budget_bytes"], floor)
+    if limits["memory_budget_bytes"] < floor:
         raise ConfigError(
             f"CACHEGATE_MEMORY_BUDGET_BYTES={limits['memory_budget_bytes']!r}: must be at least "
             f"{REPLY_COPIES} times CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES "

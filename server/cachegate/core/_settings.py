@@ -204,7 +204,9 @@ SETTINGS: tuple[Setting, ...] = (
             "request and reply bytes one worker holds at once; past it, calls and operations "
             "get RESOURCE_EXHAUSTED; unset: at most this, less where the memory the process "
             "may use (cgroup limit, else physical), shared by the workers, is smaller (a "
-            "512 MiB container with 2 workers keeps all of it)", _int(1024 * 1024)),
+            "512 MiB container with 2 workers keeps all of it), never below 4 x "
+            "CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES (set: it must be at least that)",
+            _int(1024 * 1024)),
     Setting("CACHEGATE_SEND_TIMEOUT", "limits", "send_timeout", "10",
             "seconds a Pipeline reply may wait for a caller that does not read it; then the "
             "stream ends with RESOURCE_EXHAUSTED", _float(positive=True)),
