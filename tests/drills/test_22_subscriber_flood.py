@@ -38,7 +38,6 @@ from typing import Any
 import grpc
 import pytest
 
-from cachegate.v1 import cache_pb2_grpc
 from cachegate.v1 import invalidation_pb2 as ipb
 from cachegate.v1 import invalidation_pb2_grpc as ipb_grpc
 from drills.attack import (
@@ -52,7 +51,7 @@ from drills.attack import (
 from drills.harness import Gateway, Report, StartGateway, StartRedis
 from drills.load import CHANNEL_OPTIONS, read_back
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
-from drills.test_15_stream_lockout import BATCH, TOKENS, bearer
+from drills.test_15_stream_lockout import OTHERS, TOKENS, bearer, other_tenant_pipelines
 
 pytestmark = pytest.mark.drill
 
@@ -67,7 +66,6 @@ FLOOD_SECONDS = 20.0
 KEY_PAD = "x" * 1000  # with "flood:NNNNNNNN:", within CACHEGATE_MAX_KEY_BYTES
 PROBE_EVERY = 1000
 ALICE_CONNECTIONS = 4
-OTHERS = 8
 END_WAIT = 10.0  # seconds after the flood for the server to end mallory's streams
 DRAIN_SECONDS = 5.0
 
@@ -200,20 +198,6 @@ class Silent:
             call.cancel()
         for channel in self.channels:
             channel.close()
-
-
-def other_tenant_pipelines(target: str) -> list[str]:
-    """One batch on each of OTHERS fresh connections; the status code name of each."""
-    codes: list[str] = []
-    for _ in range(OTHERS):
-        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-            stub = cache_pb2_grpc.CacheServiceStub(channel)
-            try:
-                replies = list(stub.Pipeline(iter([BATCH]), timeout=2, metadata=bearer("alice")))
-                codes.append("OK" if len(replies) == 1 else f"{len(replies)} replies")
-            except grpc.RpcError as exc:
-                codes.append(exc.code().name)
-    return codes
 
 
 def flood(client: Any) -> tuple[int, list[str], float]:

@@ -16,9 +16,10 @@ as None).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
-__all__ = ["CGROUP_ROOT", "PROC_SELF_CGROUP", "cgroup_dirs", "read_text"]
+__all__ = ["CGROUP_ROOT", "PROC_SELF_CGROUP", "binding_dirs", "cgroup_dirs", "read_text"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 PROC_SELF_CGROUP = "/proc/self/cgroup"
@@ -47,6 +48,19 @@ def cgroup_dirs(
         for level in (here, *here.parents):
             found.append((version, str(mount / level.relative_to("/"))))
     return found
+
+
+def binding_dirs(
+    read: Callable[[str], str | None],
+    controller: str,
+    root: str = CGROUP_ROOT,
+    proc_self_cgroup: str = PROC_SELF_CGROUP,
+) -> list[tuple[int, str]]:
+    """`cgroup_dirs` of this process, read with `read`; without /proc (or with an odd
+    one), the v2 files at the mount's root, if any."""
+    listing = read(proc_self_cgroup)
+    dirs = cgroup_dirs(listing, controller, root) if listing else []
+    return dirs or [(2, root)]
 
 
 def read_text(path: str) -> str | None:

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cachegate.runtime._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_dirs, read_text
+from cachegate.runtime._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, binding_dirs, read_text
 
 __all__ = [
     "CpuQuota",
@@ -112,10 +112,7 @@ def read_cpu_quota(
     file system; tests give file contents).
     """
     read = read or read_text
-    listing = read(proc_self_cgroup)
-    dirs = cgroup_dirs(listing, "cpu", root) if listing else []
-    if not dirs:  # no /proc (or an odd one): the v2 file at the mount's root, if any
-        dirs = [(2, root)]
+    dirs = binding_dirs(read, "cpu", root, proc_self_cgroup)
     quotas: list[CpuQuota | None] = []
     for version, directory in dirs:
         if version == 2:

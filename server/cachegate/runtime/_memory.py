@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachegate.core import REPLY_COPIES, LimitSettings
-from cachegate.runtime._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_dirs, read_text
+from cachegate.runtime._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, binding_dirs, read_text
 
 __all__ = [
     "WORKER_BASE_BYTES",
@@ -135,10 +135,7 @@ def read_memory_limit(
     file system; tests give file contents).
     """
     read = read or read_text
-    listing = read(proc_self_cgroup)
-    dirs = cgroup_dirs(listing, "memory", root) if listing else []
-    if not dirs:  # no /proc (or an odd one): the v2 file at the mount's root, if any
-        dirs = [(2, root)]
+    dirs = binding_dirs(read, "memory", root, proc_self_cgroup)
     limits: list[int] = []
     for version, directory in dirs:
         if version == 2:
