@@ -18,7 +18,8 @@ Kinds:
 - `big-setex`: concurrent unary SetEx calls with `--bytes`-byte values.
 - `stale-fill`: on each of `--streams` connections, `--batches` SetEx of distinct keys
   with `--bytes`-byte values, each read back by a Get with `--stale` seconds of
-  stale-if-error allowance (so the serving worker's stale copy learns it twice).
+  stale-if-error allowance (so the serving worker's stale copy learns it twice); with
+  `--token`, as that token's tenant.
 - `bad-subscribe`: `--batches` rounds of InvalidationService/Subscribe requests past
   the watch limits (too many keys, too many prefixes, a key or prefix past the key
   limit, and `--bytes` bytes of empty keys or prefixes), on `--streams` connections.
@@ -232,6 +233,8 @@ def big_setex(args: argparse.Namespace, tally: Tally) -> None:
 def stale_fill(args: argparse.Namespace, tally: Tally) -> None:
     end = time.monotonic() + args.seconds
 
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
     def caller(index: int) -> None:
         with grpc.insecure_channel(args.target, options=_OPTIONS) as channel:
             stub = cache_pb2_grpc.CacheServiceStub(channel)
@@ -244,10 +247,12 @@ def stale_fill(args: argparse.Namespace, tally: Tally) -> None:
                     stub.SetEx(
                         pb.SetExRequest(key=key, value=value, ttl_seconds=120),
                         timeout=args.deadline,
+                        metadata=metadata,
                     )
                     reply = stub.Get(
                         pb.GetRequest(key=key, stale_if_error_seconds=args.stale),
                         timeout=args.deadline,
+                        metadata=metadata,
                     )
                     tally.rpc("OK" if reply.value == value else "WRONG VALUE")
                 except grpc.RpcError as exc:
@@ -322,6 +327,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--deadline", type=float, default=20.0)
+    parser.add_argument("--token", default="", help="a bearer token (stale-fill)")
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--stale", type=int, default=60)
     args = parser.parse_args()

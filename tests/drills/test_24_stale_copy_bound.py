@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -67,14 +68,18 @@ def stale_copy_bytes(gateway: Gateway) -> float:
     return max(found)
 
 
-def channel_per_worker(target: str) -> dict[int, grpc.Channel]:
+def channel_per_worker(
+    target: str, metadata: Sequence[tuple[str, str]] = ()
+) -> dict[int, grpc.Channel]:
     """One channel on each of the two workers (Stats says which took it); the kernel
     spreads connections, so a few tries find both."""
     found: dict[int, grpc.Channel] = {}
     spare: list[grpc.Channel] = []
     for _ in range(32):
         channel = make_channel(target)
-        worker = cache_pb2_grpc.CacheServiceStub(channel).Stats(pb.StatsRequest(), timeout=5)
+        worker = cache_pb2_grpc.CacheServiceStub(channel).Stats(
+            pb.StatsRequest(), timeout=5, metadata=tuple(metadata)
+        )
         if worker.worker_id in found:
             spare.append(channel)
         else:
@@ -87,10 +92,12 @@ def channel_per_worker(target: str) -> dict[int, grpc.Channel]:
     return found
 
 
-def read_stale(stub: Any, key: str) -> tuple[str, bytes]:
+def read_stale(stub: Any, key: str, metadata: Sequence[tuple[str, str]] = ()) -> tuple[str, bytes]:
     """A Get with the allowance: ("stale", value), ("fresh", value), or (code name, b"")."""
     try:
-        reply = stub.Get(pb.GetRequest(key=key, stale_if_error_seconds=ALLOWANCE), timeout=2)
+        reply = stub.Get(
+            pb.GetRequest(key=key, stale_if_error_seconds=ALLOWANCE), timeout=2, metadata=metadata
+        )
     except grpc.RpcError as exc:
         return exc.code().name, b""
     if not reply.found:
