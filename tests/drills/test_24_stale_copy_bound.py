@@ -105,6 +105,28 @@ def read_stale(stub: Any, key: str, metadata: Sequence[tuple[str, str]] = ()) ->
     return ("stale" if reply.stale else "fresh"), reply.value
 
 
+def fill_copies(target: str, token: str = "") -> dict[str, Any]:
+    """The attacker's fill (attackers.py `stale-fill`), as `token`'s tenant if given."""
+    return run_attacker(
+        "stale-fill",
+        target,
+        "--streams",
+        str(CONNECTIONS),
+        "--batches",
+        str(PER_CONNECTION),
+        "--bytes",
+        str(VALUE_BYTES),
+        "--stale",
+        str(ALLOWANCE),
+        "--seconds",
+        "30",
+        "--deadline",
+        "10",
+        "--token",
+        token,
+    )
+
+
 def test_stale_copy_bound(
     start_redis: StartRedis, start_gateway: StartGateway, report: Report
 ) -> None:
@@ -114,22 +136,7 @@ def test_stale_copy_bound(
     sampler = Sampler(lambda: stale_copy_bytes(gateway), interval=0.1, max_seconds=60)
     bystander = Bystander(gateway.target, max_seconds=40)
     with MemoryWatch(gateway) as memory, sampler, bystander:
-        result = run_attacker(
-            "stale-fill",
-            gateway.target,
-            "--streams",
-            str(CONNECTIONS),
-            "--batches",
-            str(PER_CONNECTION),
-            "--bytes",
-            str(VALUE_BYTES),
-            "--stale",
-            str(ALLOWANCE),
-            "--seconds",
-            "30",
-            "--deadline",
-            "10",
-        )
+        result = fill_copies(gateway.target)
         time.sleep(0.3)  # the sampler's last look
     lost = lost_writes(gateway, bystander.load.acked)
     copy_peak = max(sampler.values(), default=0.0)

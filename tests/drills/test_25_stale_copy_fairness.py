@@ -35,18 +35,16 @@ from drills.attack import (
     gateway_pids,
     workers_env,
 )
-from drills.attackers import run_attacker
 from drills.harness import Report, Sampler, StartGateway, StartRedis
 from drills.load import read_back
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 from drills.test_24_stale_copy_bound import (
-    ALLOWANCE,
     BOUND,
     CONNECTIONS,
     MIB,
     PER_CONNECTION,
-    VALUE_BYTES,
     channel_per_worker,
+    fill_copies,
     read_stale,
     stale_copy_bytes,
 )
@@ -92,24 +90,7 @@ def test_one_tenant_cannot_push_out_anothers_stale_copy(
     sampler = Sampler(lambda: stale_copy_bytes(gateway), interval=0.1, max_seconds=60)
     bystander = Bystander(gateway.target, max_seconds=40, metadata=bearer("carol"))
     with MemoryWatch(gateway) as memory, sampler, bystander:
-        result = run_attacker(
-            "stale-fill",
-            gateway.target,
-            "--streams",
-            str(CONNECTIONS),
-            "--batches",
-            str(PER_CONNECTION),
-            "--bytes",
-            str(VALUE_BYTES),
-            "--stale",
-            str(ALLOWANCE),
-            "--seconds",
-            "30",
-            "--deadline",
-            "10",
-            "--token",
-            TOKENS["eve"],
-        )
+        result = fill_copies(gateway.target, TOKENS["eve"])
         time.sleep(0.3)  # the sampler's last look
     lost = read_back(gateway.target, bystander.load.acked, metadata=bearer("carol"))
     copy_peak = max(sampler.values(), default=0.0)
