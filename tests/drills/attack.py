@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -38,6 +38,7 @@ __all__ = [
     "lost_writes",
     "rss_kb",
     "thread_count",
+    "tokens_file",
     "workers_env",
 ]
 
@@ -281,3 +282,10 @@ def attack_row(
         recover_s=None,
         notes="; ".join(part for part in parts if part),
     )
+
+
+def tokens_file(folder: Path, tokens: Mapping[str, str]) -> Path:
+    """A CACHEGATE_TOKENS_FILE giving each tenant of `tokens` (tenant -> token) a client token."""
+    path = folder / "tokens"
+    path.write_text("".join(f"{token} {tenant} client\n" for tenant, token in tokens.items()))
+    return path

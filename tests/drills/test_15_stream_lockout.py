@@ -34,7 +34,7 @@ import pytest
 
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
-from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, workers_env
+from drills.attack import Bystander, MemoryWatch, attack_row, gateway_pids, tokens_file, workers_env
 from drills.harness import Report, StartGateway, StartRedis
 from drills.load import CHANNEL_OPTIONS, read_back
 
@@ -129,8 +129,7 @@ def other_tenant_pipelines(target: str) -> list[str]:
 def test_one_tenant_cannot_lock_others_out_of_streams(
     start_redis: StartRedis, start_gateway: StartGateway, report: Report, tmp_path: Path
 ) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("".join(f"{token} {tenant} client\n" for tenant, token in TOKENS.items()))
+    tokens = tokens_file(tmp_path, TOKENS)
     redis_server = start_redis()
     gateway = start_gateway(
         workers_env(

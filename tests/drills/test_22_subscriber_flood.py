@@ -46,6 +46,7 @@ from drills.attack import (
     MemoryWatch,
     attack_row,
     gateway_pids,
+    tokens_file,
     workers_env,
 )
 from drills.harness import Gateway, Report, StartGateway, StartRedis
@@ -221,8 +222,7 @@ def flood(client: Any) -> tuple[int, list[str], float]:
 def test_subscribers_that_never_read(
     start_redis: StartRedis, start_gateway: StartGateway, report: Report, tmp_path: Path
 ) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("".join(f"{token} {tenant} client\n" for tenant, token in TOKENS.items()))
+    tokens = tokens_file(tmp_path, TOKENS)
     redis_server = start_redis()
     gateway = start_gateway(
         workers_env(

@@ -33,6 +33,7 @@ from drills.attack import (
     MemoryWatch,
     attack_row,
     gateway_pids,
+    tokens_file,
     workers_env,
 )
 from drills.harness import Report, Sampler, StartGateway, StartRedis
@@ -67,8 +68,7 @@ def bearer(tenant: str) -> tuple[tuple[str, str], ...]:
 def test_one_tenant_cannot_push_out_anothers_stale_copy(
     start_redis: StartRedis, start_gateway: StartGateway, report: Report, tmp_path: Path
 ) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("".join(f"{token} {tenant} client\n" for tenant, token in TOKENS.items()))
+    tokens = tokens_file(tmp_path, TOKENS)
     redis_server = start_redis()
     gateway = start_gateway(
         workers_env(redis_server.url, 2, CACHEGATE_TOKENS_FILE=str(tokens)), http=True
