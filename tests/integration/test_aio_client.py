@@ -391,8 +391,12 @@ class Observer:
 
 def test_a_cancelled_task_cancels_its_pipeline_stream(start_server: StartServer) -> None:
     """The task waits for a batch's reply while the server waits for the next batch;
-    cancelling the task ends the stream on the server as CANCELLED, and so does closing
-    the stream early."""
+    cancelling the task ends the stream on the server, and so does closing the stream
+    early.
+
+    The server counts such a stream CANCELLED, or OK when grpc's sync server hands the
+    handler the end of the requests (the reset's first effect) before it learns of the
+    cancel (see rpc/_observe.py): never UNKNOWN, and never a stream left open."""
     observer = Observer()
     server = start_server(observer=observer)
 
@@ -435,7 +439,9 @@ def test_a_cancelled_task_cancels_its_pipeline_stream(start_server: StartServer)
             assert await client.get("stream:k") == b"v"  # the channel itself stays open
 
     asyncio.run(main())
-    assert observer.codes("/cachegate.v1.CacheService/Pipeline") == [grpc.StatusCode.CANCELLED] * 2
+    codes = observer.codes("/cachegate.v1.CacheService/Pipeline")
+    assert len(codes) == 2
+    assert set(codes) <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.OK}
 
 
 class CallWatch(grpc.ServerInterceptor):  # type: ignore[type-arg]

@@ -12,7 +12,9 @@ The code recorded is the code the caller sees. grpc sends the code the handler s
 service), else OK when the handler returns and UNKNOWN when it raises; a call ended
 from another thread (`_endcall.end_call`: the send watch, an idle stream) sets its
 code on the context before it cancels the call, and a stream the caller went away
-from ends CANCELLED. Streams are timed until their last reply, through a wrapper
+from ends CANCELLED. One race is grpc's: a caller's reset first ends the handler's
+requests, then marks the call cancelled, and a handler that finishes in between is
+counted OK. Streams are timed until their last reply, through a wrapper
 around the response iterator.
 
 The wrapped handler of each method is made once and reused while the handler
