@@ -23,13 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from cachegate.core import LimitSettings
 from drills.harness import DrillRow, Gateway
 from drills.load import Load, Summary, percentile, read_back, summarize
 
 __all__ = [
-    "BULK_BYSTANDER_P99_MS",
     "BYSTANDER_P99_MS",
     "CONTAINER_LIMIT_KB",
+    "RECEIVE_LIMIT",
     "Bystander",
     "MemoryWatch",
     "attack_row",
@@ -45,21 +46,13 @@ __all__ = [
 CONTAINER_LIMIT_KB = 3 * 1024 * 1024
 """The drills' stand-in for a container memory limit: a process past 3 GB is killed."""
 
+RECEIVE_LIMIT = LimitSettings().max_receive_message_bytes
+"""CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES's default: the largest message grpc takes in
+whole (a larger one is refused as it arrives), so the largest an attack can make a
+worker receive and copy."""
+
 BYSTANDER_P99_MS = 50.0
 """Issue 12's bound on another caller's unary p99 while an attack runs."""
-
-BULK_BYSTANDER_P99_MS = 200.0
-"""The bound where the attack pushes many 15-16 MiB messages through a worker at once
-(drills 11, 12 and 14). A known gap, kept open in issue 12: on a shared 2-core machine
-the bystander's p99 there is often above 50 ms (before: 500 ms and more, and dead
-workers; figures per drill in docs/performance.md).
-Seen in py-spy profiles of the workers (--gil --native): grpcio copies each received
-message into Python bytes on the server's one completion-queue thread (drills 12 and
-14: nearly all of the GIL time), and each sent reply into its own buffer, in single C
-calls that hold the GIL; every other call of that worker waits for them. The replies'
-own copies are cut to one, one bulk reply at a time per worker (rpc/_bulkreply.py);
-grpcio's are out of our reach. The bound still fails the code before issue 12 by a
-wide margin."""
 
 
 def rss_kb(pid: int) -> int | None:
@@ -253,6 +246,12 @@ class Bystander:
 
     def p99_ms(self) -> float:
         return percentile([r.latency for r in self.load.records], 99) * 1000
+
+    def during(self, start: float, stop: float) -> tuple[float, int]:
+        """(p99 in ms, count) of the calls that started within [start, stop): one
+        phase of an attack, not diluted by the calls of the others."""
+        latencies = [r.latency for r in self.load.records_since(start) if r.start < stop]
+        return percentile(latencies, 99) * 1000, len(latencies)
 
     def text(self) -> str:
         summary = self.summary

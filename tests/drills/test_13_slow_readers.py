@@ -1,11 +1,13 @@
 """Drill 13: slow readers. A stream that sends batches and never reads must not hold memory.
 
 A key holds a 1 MiB value. Attackers (in their own process) open 60 Pipeline streams,
-each sending batches of 14 gets of it (a 14 MiB reply), and read nothing for a while. On the start
-commit each such stream held ~57 MB (100 held 3 GB). Now the replies waiting for a
-reader count against each worker's memory budget (a reply that cannot get room carries
-RESOURCE_EXHAUSTED for the gets left out), and a reply nobody reads within
-CACHEGATE_SEND_TIMEOUT ends its stream with RESOURCE_EXHAUSTED naming the setting.
+each sending batches of as many gets of it as one reply holds (3 MiB under the default
+4 MiB send limit; 14 MiB under the 16 MiB of the start commit), and read nothing for a
+while. On the start commit each such stream held ~57 MB (100 held 3 GB). Now the
+replies waiting for a reader count against each worker's memory budget (a reply that
+cannot get room carries RESOURCE_EXHAUSTED for the gets left out), and a reply nobody
+reads within CACHEGATE_SEND_TIMEOUT ends its stream with RESOURCE_EXHAUSTED naming the
+setting.
 Peak RSS per worker stays within the budget plus a fixed base, no worker dies, the
 bystander's p99 stays <= 50 ms and its acknowledged writes survive.
 """
@@ -18,6 +20,7 @@ from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from drills.attack import (
     BYSTANDER_P99_MS,
+    RECEIVE_LIMIT,
     Bystander,
     MemoryWatch,
     attack_row,
@@ -34,9 +37,9 @@ pytestmark = pytest.mark.drill
 
 MIB = 1024 * 1024
 STREAMS = 60
-# 14 gets of the 1 MiB value: a 14 MiB reply, under the send limit, so that even the
-# start commit builds it (and then holds it for the reader that never comes).
-GETS = 14
+# Gets of the 1 MiB value: the most one reply under the send limit holds, so it is
+# built whole (and then held for the reader that never comes).
+GETS = RECEIVE_LIMIT // MIB - 1
 SEND_TIMEOUT = 3.0
 HOLD = 8.0  # seconds the attackers do not read: well past the send timeout
 

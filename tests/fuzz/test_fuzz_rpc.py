@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 from cachegate.core import load_config
 from cachegate.rpc import SERVICE_NAME, CacheServer
 from cachegate.rpc._limits import MAX_TTL_SECONDS
-from cachegate.rpc._wire import FIELDS_PER_OPERATION
+from cachegate.rpc._wire import SPARE_FIELDS
 from cachegate.runtime import build_service
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
@@ -867,7 +867,7 @@ def counted_too_many(payload: bytes | pb.PipelineRequest) -> bool:
     """Whether the server's count before parse (README, "Limits and abuse") refuses
     these wire bytes: walked only when the tag bytes 0x0a and 0x8a number more than
     the limit, it refuses more than the limit of operations (field 1 records), or more
-    than FIELDS_PER_OPERATION times the limit of fields of any kind, that are whole
+    than the limit plus SPARE_FIELDS fields of any kind, that are whole
     before the first damaged field. So a batch is refused for its size even when its
     tail would not decode.
     """
@@ -911,7 +911,7 @@ def counted_too_many(payload: bytes | pb.PipelineRequest) -> bool:
             return False
         operations += tag[0] == 10
         fields += 1
-        if operations > MAX_BATCH_OPS or fields > FIELDS_PER_OPERATION * MAX_BATCH_OPS:
+        if operations > MAX_BATCH_OPS or fields > MAX_BATCH_OPS + SPARE_FIELDS:
             return True
     return False
 

@@ -132,6 +132,29 @@ def test_pipeline_batches_answer_in_order_with_per_op_errors(server: RunningServ
     assert server.stub.Get(pb.GetRequest(key=f"{prefix}:bad")).found is False
 
 
+def test_a_stub_left_at_grpc_defaults_reads_every_reply(server: RunningServer) -> None:
+    """The reply bound is gRPC's own default receive limit (4 MiB), so a stub made with
+    no channel options (`server.stub`: grpc refuses a larger message on its own) gets
+    its reply: the gets past the bound fail alone, RESOURCE_EXHAUSTED naming the
+    setting. With a larger bound (16 MiB before) this 6 MB reply failed the whole batch
+    on the client, every value of it lost."""
+    prefix = f"big:{time.monotonic_ns()}"
+    value = b"v" * 1_000_000
+    for i in range(6):
+        server.stub.SetEx(pb.SetExRequest(key=f"{prefix}:{i}", value=value, ttl_seconds=60))
+    batch = pb.PipelineRequest(
+        operations=[pb.Operation(get=pb.GetOperation(key=f"{prefix}:{i}")) for i in range(6)]
+    )
+    [reply] = list(server.stub.Pipeline(iter([batch])))
+    assert reply.ByteSize() <= 4 * 1024 * 1024
+    assert list(reply.outcomes) == [pb.OUTCOME_VALUE] * 4 + [pb.OUTCOME_ERROR] * 2
+    assert list(reply.values[:4]) == [value] * 4
+    assert [error.index for error in reply.errors] == [4, 5]
+    for error in reply.errors:
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES" in error.message
+
+
 def test_pipeline_redis_error_fails_only_its_own_result(
     redis_backed_server: RunningServer, redis_server: RedisProcess
 ) -> None:

@@ -165,15 +165,15 @@ def test_less_memory_per_worker_shrinks_both_in_proportion() -> None:
 
 
 def test_the_budget_never_goes_below_one_reply_at_the_send_limit() -> None:
-    assert budget_floor(DEFAULTS) == FLOOR == 64 * MIB
+    assert budget_floor(DEFAULTS) == FLOOR == 16 * MIB
     # 16 workers in 1 GiB: 64 MiB each is less than the base alone.
     squeezed = memory_shares(DEFAULTS, cgroup(GIB), 16)
     assert squeezed.budget == FLOOR
     assert squeezed.stale_copy == 0  # the stale copy goes first: it is best effort
     assert not squeezed.fits
     # A smaller send limit lowers the floor with it.
-    small = load_config({"CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES": str(4 * MIB)}).limits
-    assert memory_shares(small, cgroup(GIB), 16).budget == REPLY_COPIES * 4 * MIB
+    small = load_config({"CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES": str(MIB)}).limits
+    assert memory_shares(small, cgroup(GIB), 16).budget == REPLY_COPIES * MIB
 
 
 def test_set_figures_are_the_operators_and_stay() -> None:
@@ -208,9 +208,9 @@ def test_no_readable_limit_keeps_the_defaults() -> None:
 
 
 def test_how_many_workers_a_limit_holds_at_their_smallest() -> None:
-    smallest = WORKER_BASE_BYTES + FLOOR + FLOOR // 8  # 184 MiB
-    assert workers_that_fit(cgroup(GIB), DEFAULTS) == GIB // smallest == 5
-    assert workers_that_fit(cgroup(512 * MIB), DEFAULTS) == 2
+    smallest = WORKER_BASE_BYTES + FLOOR + FLOOR // 8  # 130 MiB
+    assert workers_that_fit(cgroup(GIB), DEFAULTS) == GIB // smallest == 7
+    assert workers_that_fit(cgroup(512 * MIB), DEFAULTS) == 3
     assert workers_that_fit(cgroup(100 * MIB), DEFAULTS) == 1  # at least one
     for limit in (GIB, 512 * MIB, 3 * GIB, 2 * smallest):
         workers = workers_that_fit(cgroup(limit), DEFAULTS)
@@ -229,7 +229,7 @@ def test_the_plan_bounds_the_default_worker_count_by_memory() -> None:
     # 128 + 16 MiB each (and a base each), far past the limit.
     config = load_config(REDIS)
     plan = plan_workers(config, list(range(16)), None, cgroup(GIB))
-    assert plan.workers == 5
+    assert plan.workers == 7
     assert plan.memory.fits
     assert "memory limit of 1024.0 MiB" in plan.reason
     each = worker_config(config, plan, 3).limits

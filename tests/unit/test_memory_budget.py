@@ -89,7 +89,7 @@ def test_unknown_fields_are_not_operations_but_cannot_make_a_long_walk() -> None
     few = ops.SerializeToString() + b"\x18\x0a" * 3  # field 3 = 10, three times
     assert too_many_operations(few, 50) is None
     many = b"\x18\x0a" * 1_000_000  # a million unknown fields, each with a 0x0a byte
-    assert too_many_operations(many, 10_000) == "batch has more than 40000 fields"
+    assert too_many_operations(many, 10_000) == "batch has more than 10064 fields"  # + SPARE_FIELDS
 
 
 def test_payload_newlines_do_not_count_as_operations() -> None:
@@ -100,6 +100,19 @@ def test_payload_newlines_do_not_count_as_operations() -> None:
     assert data.count(b"\n") > 100
     assert too_many_operations(data, 20) is None
     assert too_many_operations(data, 19) is not None
+
+
+def test_short_and_long_operations_are_counted_alike() -> None:
+    # Operations under 128 bytes are stepped over inline, longer ones (a two-byte
+    # length) and fields with two-byte tags by the general walk: mixed, they count the same.
+    short, long = pb.GetOperation(key="\n" * 10), pb.GetOperation(key="\n" * 300)
+    batch = pb.PipelineRequest(
+        operations=[pb.Operation(get=short if i % 3 else long) for i in range(30)]
+    ).SerializeToString()
+    unknown_high_field = b"\x82\x01\x01\x0a"  # field 16, length-delimited, one byte
+    data = batch + unknown_high_field * 5
+    assert too_many_operations(data, 30) is None
+    assert too_many_operations(data, 29) == "batch has more than 29 operations"
 
 
 def test_a_malformed_batch_is_left_to_the_parser() -> None:

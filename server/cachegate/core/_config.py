@@ -115,7 +115,9 @@ class LimitSettings:
     max_batch_ops: int = 10_000
     max_concurrent_rpcs: int = 1000
     max_streams: int = 100
-    max_receive_message_bytes: int = 16 * 1024 * 1024
+    # grpc's own default receive limit, so a reply fits every stub left at its defaults,
+    # and the largest message an attacker can make a worker copy whole is 4 MiB.
+    max_receive_message_bytes: int = 4 * 1024 * 1024
     # Fair streams (rpc/_streams.py): the share of max_streams one caller may hold,
     # and how long a stream may go without a batch before it is closed (0: never).
     stream_share: float = 0.25

@@ -198,8 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CACHEGATE_MAX_STREAMS", "limits", "max_streams", "100",
             "Pipeline streams open at once; more get RESOURCE_EXHAUSTED", _int(1)),
     Setting("CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES", "limits", "max_receive_message_bytes",
-            "16777216", "largest Pipeline batch and largest reply, in bytes (a unary request "
-            "may hold a key, a value and a little more)", _int(1024)),
+            "4194304", "largest Pipeline batch and largest reply, in bytes (a unary request "
+            "may hold a key, a value and a little more); grpc's own default, so a stub left "
+            "at its defaults reads every reply", _int(1024)),
     Setting("CACHEGATE_MEMORY_BUDGET_BYTES", "limits", "memory_budget_bytes", "134217728",
             "request and reply bytes one worker holds at once; past it, calls and operations "
             "get RESOURCE_EXHAUSTED; unset: at most this, less where the memory the process "
