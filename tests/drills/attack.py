@@ -22,8 +22,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from cachegate.core import LimitSettings
+from drills.attackers import run_attacker
 from drills.harness import DrillRow, Gateway
 from drills.load import Load, Summary, percentile, read_back, summarize
 
@@ -33,6 +35,7 @@ __all__ = [
     "RECEIVE_LIMIT",
     "Bystander",
     "MemoryWatch",
+    "attack_in_phases",
     "attack_row",
     "cpu_seconds",
     "gateway_pids",
@@ -259,6 +262,24 @@ class Bystander:
             f"bystander n={summary.sent} p50={self.p50_ms():.1f}ms p99={self.p99_ms():.1f}ms "
             f"codes: OK={summary.ok} {summary.failed_text}"
         )
+
+
+Phase = tuple[dict[str, Any], float, int]
+"""One phase of an attack: the attacker's result, and the bystander's p99 (ms) and
+calls during it alone."""
+
+
+def attack_in_phases(
+    bystander: Bystander, kind: str, target: str, sizes: Sequence[int], *args: str
+) -> list[Phase]:
+    """Attack `kind` once per size in `sizes` (its `--bytes`), each with `args`, one
+    after another while `bystander` runs; each phase's result and bystander figures."""
+    phases = []
+    for size in sizes:
+        start = time.monotonic()
+        result = run_attacker(kind, target, *args, "--bytes", str(size))
+        phases.append((result, *bystander.during(start, time.monotonic())))
+    return phases
 
 
 def attack_row(

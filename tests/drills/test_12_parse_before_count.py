@@ -14,8 +14,6 @@ acknowledged writes survive.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from drills.attack import (
@@ -23,12 +21,12 @@ from drills.attack import (
     RECEIVE_LIMIT,
     Bystander,
     MemoryWatch,
+    attack_in_phases,
     attack_row,
     gateway_pids,
     lost_writes,
     workers_env,
 )
-from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB, cpu_seconds
 
@@ -52,24 +50,20 @@ def test_parse_before_count(
     workers_before = sorted(gateway_pids(gateway))
     cpu_before = {pid: cpu_seconds(pid) for pid in workers_before}
     with MemoryWatch(gateway) as memory, Bystander(gateway.target, max_seconds=60) as bystander:
-        phases = []
-        for size in (AT_LIMIT, PAST_LIMIT):
-            start = time.monotonic()
-            result = run_attacker(
-                "empty-ops",
-                gateway.target,
-                "--streams",
-                str(STREAMS),
-                "--batches",
-                str(MESSAGES),
-                "--bytes",
-                str(size),
-                "--deadline",
-                "30",
-            )
-            phases.append((result, bystander.during(start, time.monotonic())))
+        phases = attack_in_phases(
+            bystander,
+            "empty-ops",
+            gateway.target,
+            (AT_LIMIT, PAST_LIMIT),
+            "--streams",
+            str(STREAMS),
+            "--batches",
+            str(MESSAGES),
+            "--deadline",
+            "30",
+        )
     cpu = sum(cpu_seconds(pid) - used for pid, used in cpu_before.items())
-    (at_limit, (at_p99, at_n)), (past_limit, (past_p99, past_n)) = phases
+    (at_limit, at_p99, at_n), (past_limit, past_p99, past_n) = phases
     workers_after = sorted(gateway_pids(gateway))
     lost = lost_writes(gateway, bystander.load.acked)
     report(

@@ -15,8 +15,6 @@ its acknowledged writes survive.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from drills.attack import (
@@ -24,12 +22,12 @@ from drills.attack import (
     RECEIVE_LIMIT,
     Bystander,
     MemoryWatch,
+    attack_in_phases,
     attack_row,
     gateway_pids,
     lost_writes,
     workers_env,
 )
-from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
 from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 
@@ -48,23 +46,19 @@ def test_oversized_unary(
     gateway = start_gateway(workers_env(redis_server.url, 2))
     workers_before = sorted(gateway_pids(gateway))
     with MemoryWatch(gateway) as memory, Bystander(gateway.target, max_seconds=60) as bystander:
-        phases = []
-        for size in (AT_LIMIT, PAST_LIMIT):
-            start = time.monotonic()
-            result = run_attacker(
-                "big-setex",
-                gateway.target,
-                "--streams",
-                str(CALLERS),
-                "--batches",
-                "2",
-                "--bytes",
-                str(size),
-                "--deadline",
-                "30",
-            )
-            phases.append((result, bystander.during(start, time.monotonic())))
-    (at_limit, (at_p99, at_n)), (past_limit, (past_p99, past_n)) = phases
+        phases = attack_in_phases(
+            bystander,
+            "big-setex",
+            gateway.target,
+            (AT_LIMIT, PAST_LIMIT),
+            "--streams",
+            str(CALLERS),
+            "--batches",
+            "2",
+            "--deadline",
+            "30",
+        )
+    (at_limit, at_p99, at_n), (past_limit, past_p99, past_n) = phases
     workers_after = sorted(gateway_pids(gateway))
     lost = lost_writes(gateway, bystander.load.acked)
     report(
