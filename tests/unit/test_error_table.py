@@ -115,3 +115,20 @@ def test_the_status_docstring_points_to_the_readme_instead_of_copying_it() -> No
     assert _status.__doc__ is not None
     assert "README.md" in _status.__doc__
     assert not re.search(r"^\|", _status.__doc__, re.MULTILINE)  # no table of its own
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "pushback", "delay_ms"),
+    [(0.0, "50", 50), (0.001, "50", 50), (0.3, "300", 300), (0.999, "999", 999), (5.0, "-1", 5000)],
+)
+def test_an_open_breaker_never_asks_for_a_retry_sooner_than_50_ms(
+    retry_after: float, pushback: str, delay_ms: int
+) -> None:
+    """A half-open breaker refuses with nothing left to wait; a pushback of 0 ms is a
+    retry timer grpc core can lose, and the call then hangs until its deadline."""
+    rejection = status_for(CircuitOpenError("redis", CircuitState.HALF_OPEN, retry_after))
+    assert rejection is not None
+    assert ("grpc-retry-pushback-ms", pushback) in rejection.trailers
+    [info] = rejection.details
+    assert isinstance(info, error_details_pb2.RetryInfo)
+    assert info.retry_delay.ToMilliseconds() == delay_ms

@@ -110,6 +110,12 @@ class Rejection:
 
 # Longest breaker wait a client's transparent retry may sit out (seconds).
 PUSHBACK_LIMIT = 1.0
+# Soonest a caller the breaker refused is told to come back (seconds): the client's
+# own first backoff. A half-open breaker refuses the calls beside its one trial with
+# nothing left to wait, so a wait of 0 would only be refused again, and grpc core's
+# retry timer can lose a near-zero pushback: the call then hangs until its deadline
+# (grpc/grpc#41036; seen here as a 10 s Get after a pushback of 0 ms).
+MIN_RETRY_AFTER = 0.05
 
 
 def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
@@ -146,11 +152,12 @@ def status_for(exc: BaseException) -> Rejection | None:
     if isinstance(exc, CircuitOpenError):
         # gRPC clients with a retry policy honour this trailer: wait out a short
         # open period, but do not retry at all into a long one (-1).
-        pushback = int(exc.retry_after * 1000) if exc.retry_after < PUSHBACK_LIMIT else -1
+        retry_after = max(exc.retry_after, MIN_RETRY_AFTER)
+        pushback = int(retry_after * 1000) if retry_after < PUSHBACK_LIMIT else -1
         return Rejection(
             grpc.StatusCode.UNAVAILABLE,
-            f"Redis circuit breaker is {exc.state.value}; retry after {exc.retry_after:.3f}s",
-            (_retry_info(exc.retry_after),),
+            f"Redis circuit breaker is {exc.state.value}; retry after {retry_after:.3f}s",
+            (_retry_info(retry_after),),
             (("grpc-retry-pushback-ms", str(pushback)),),
         )
     if isinstance(exc, RedisTimeoutError):
