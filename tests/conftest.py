@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from redisprocs import (
     start_sentinel_setup,
     start_standalone,
 )
+from workerprocs import Launch, ServerProcess, alive
 
 # --- Redis fixtures ---------------------------------------------------------------------
 # Real redis-server processes (see tests/redisprocs.py), on free 127.0.0.1 ports, in the
@@ -185,3 +188,22 @@ def redis_backed_server(start_server: StartServer, redis_server: RedisProcess) -
             "REDIS_RETRY_ATTEMPTS": "0",
         }
     )
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str], command: list[str] | None = None) -> ServerProcess:
+        server = ServerProcess(env, tmp_path / f"server-{len(started)}.log", command)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        pids = list(server.worker_pids().values())
+        server.kill()  # SIGKILL of the supervisor only: its workers must go by themselves
+        for pid in pids:  # ...but never leave one behind if a test failed half-way
+            with contextlib.suppress(ProcessLookupError):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)

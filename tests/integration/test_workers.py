@@ -1,10 +1,8 @@
-"""Worker mode: `cachegate-server` as a real process tree sharing one port (SO_REUSEPORT)."""
+"""Worker mode: `cachegate-server` as a real process tree sharing one port (SO_REUSEPORT):
+the plan, the supervisor, restarts and shutdown. Helpers in tests/workerprocs.py."""
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
 import signal
 import socket
@@ -13,14 +11,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Protocol
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cachegate.core import ConfigError, load_config
 from cachegate.runtime._plan import (
@@ -28,162 +22,21 @@ from cachegate.runtime._plan import (
     plan_workers,
     worker_config,
 )
-from cachegate.v1 import admin_pb2, admin_pb2_grpc, cache_pb2_grpc
 from cachegate.v1 import cache_pb2 as pb
+from cachegate.v1 import cache_pb2_grpc
 from redisprocs import RedisProcess, free_port
-
-SERVER = str(Path(sys.executable).parent / "cachegate-server")
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """A `cachegate-server` subprocess whose JSON log goes to a file we can read any time."""
-
-    def __init__(self, env: dict[str, str], log: Path, command: list[str] | None = None) -> None:
-        self.log_path = log
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                command or [SERVER],
-                env={**os.environ, **env},
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    def logs(self) -> list[dict[str, Any]]:
-        entries = []
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                entries.append(json.loads(line))
-        return entries
-
-    def messages(self, msg: str) -> list[dict[str, Any]]:
-        return [entry for entry in self.logs() if entry.get("msg") == msg]
-
-    def worker_pids(self) -> dict[int, int]:
-        """worker id -> pid of its latest start."""
-        return {e["worker_id"]: e["pid"] for e in self.messages("worker started")}
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Launch(Protocol):
-    def __call__(self, env: dict[str, str], command: list[str] | None = None) -> ServerProcess: ...
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    started: list[ServerProcess] = []
-
-    def start(env: dict[str, str], command: list[str] | None = None) -> ServerProcess:
-        server = ServerProcess(env, tmp_path / f"server-{len(started)}.log", command)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        pids = list(server.worker_pids().values())
-        server.kill()  # SIGKILL of the supervisor only: its workers must go by themselves
-        for pid in pids:  # ...but never leave one behind if a test failed half-way
-            with contextlib.suppress(ProcessLookupError):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free as well (worker i serves HTTP on p + i)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
-
-
-def stats(target: str) -> pb.StatsResponse:
-    with grpc.insecure_channel(target) as channel:
-        reply: pb.StatsResponse = cache_pb2_grpc.CacheServiceStub(channel).Stats(
-            pb.StatsRequest(), timeout=5
-        )
-        return reply
-
-
-def worker_ids(target: str, server: ServerProcess, want: set[int], timeout: float = 30) -> set[int]:
-    """Worker ids that answered Stats, each over a fresh channel, until all of `want` did."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    for _ in range(500):  # bounded in count and time
-        assert server.proc.poll() is None, server.log_path.read_text()
-        try:
-            seen.add(stats(target).worker_id)
-        except grpc.RpcError:
-            time.sleep(0.1)  # not listening yet
-        if want <= seen or time.monotonic() > deadline:
-            break
-    return seen
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-    finally:
-        connection.close()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def metric(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
-    assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
-    return found[0]
-
-
-def redis_env(redis: RedisProcess, port: int, **extra: str) -> dict[str, str]:
-    return {
-        "CACHEGATE_BACKEND": "redis",
-        "REDIS_URL": redis.url,
-        "CACHEGATE_LISTEN": f"127.0.0.1:{port}",
-        "CACHEGATE_HTTP_LISTEN": "off",
-        "CACHEGATE_WORKERS": "2",
-        "REDIS_MAX_CONNECTIONS": "4",
-        "CACHEGATE_GRACE_SECONDS": "5",
-        **extra,
-    }
-
+from workerprocs import (
+    SERVER,
+    Launch,
+    alive,
+    metric,
+    redis_env,
+    scrape,
+    stats,
+    two_free_ports,
+    wait_for,
+    worker_ids,
+)
 
 # --- planning (no processes) -----------------------------------------------------------
 
@@ -305,7 +158,7 @@ def test_two_workers_share_the_port_and_the_connection_budget(
 
     assert server.stop() == 0, server.log_path.read_text()
     for pid in pids.values():
-        assert not _alive(pid), f"worker {pid} outlived the supervisor"
+        assert not alive(pid), f"worker {pid} outlived the supervisor"
     exited = server.messages("worker exited")
     assert sorted(e["exit_code"] for e in exited) == [0, 0]
     # No worker pinned itself (CACHEGATE_PIN_CPUS is off by default; pinned layouts:
@@ -356,7 +209,7 @@ def test_a_worker_that_keeps_dying_is_restarted_with_backoff(
     assert delays[-1] > delays[0], delays  # ...growing
     assert all(e["signal"] == "SIGKILL" and e["max_rss_mb"] > 0 for e in died)
     assert not server.messages("workers keep dying; stopping everything")
-    assert _alive(survivor)  # the other worker served throughout
+    assert alive(survivor)  # the other worker served throughout
     assert worker_ids(f"127.0.0.1:{port}", server, {0, 1}) == {0, 1}
     assert server.stop() == 0, server.log_path.read_text()
 
@@ -404,7 +257,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
     assert worker_ids(f"127.0.0.1:{port}", server, {0, 1}) == {0, 1}
     pids = list(server.worker_pids().values())
     server.kill()  # SIGKILL: nothing is forwarded
-    wait_for(lambda: not any(_alive(pid) for pid in pids), 20, "the orphaned workers to stop")
+    wait_for(lambda: not any(alive(pid) for pid in pids), 20, "the orphaned workers to stop")
     assert len(server.messages("the supervisor is gone; stopping")) == 2
     assert len(server.messages("stopped")) == 2  # each stopped gracefully
 
@@ -488,269 +341,3 @@ def test_a_second_server_on_the_port_fails(launch: Launch, redis_server: RedisPr
     assert zero.returncode == 2
     assert "port 0" in zero.stderr
     assert first.stop() == 0
-
-
-# --- admin RPCs reach every worker ---------------------------------------------------
-
-ADMIN_TOKEN = "admin-token-0123456789abcdef"
-ALICE_TOKEN = "alice-token-0123456789abcdef"
-FRESH = 20
-
-
-def _fresh(target: str) -> grpc.Channel:
-    """A channel with its own TCP connection: the kernel may give it to any worker."""
-    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-def _bearer(token: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def _gets(target: str) -> Counter[str]:
-    """Codes of a Get over each of FRESH fresh connections (a client token)."""
-    codes: Counter[str] = Counter()
-    for _ in range(FRESH):
-        with _fresh(target) as channel:
-            try:
-                cache_pb2_grpc.CacheServiceStub(channel).Get(
-                    pb.GetRequest(key="k"), metadata=_bearer(ALICE_TOKEN), timeout=5
-                )
-                codes["OK"] += 1
-            except grpc.RpcError as exc:
-                codes[exc.code().name] += 1
-    return codes
-
-
-def _views(target: str, server: ServerProcess) -> dict[int, tuple[int, bool, str]]:
-    """worker id -> (breaker state, forced, health of the cache service), as each worker
-    reports them over fresh connections, until both workers answered (bounded)."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    seen: dict[int, tuple[int, bool, str]] = {}
-    for _ in range(60):
-        assert server.proc.poll() is None, server.log_path.read_text()
-        with _fresh(target) as channel:
-            reply = cache_pb2_grpc.CacheServiceStub(channel).Stats(
-                pb.StatsRequest(), metadata=_bearer(ADMIN_TOKEN), timeout=5
-            )
-            health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="cachegate.v1.CacheService"), timeout=5
-            )
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)
-        seen[reply.worker_id] = (reply.breaker.state, reply.breaker.forced, status)
-        if len(seen) == 2:
-            break
-    return seen
-
-
-def _breaker_gauges(http_port: int) -> list[float]:
-    return [
-        metric(scrape(http_port + worker_id), "cachegate_breaker_state") for worker_id in (0, 1)
-    ]
-
-
-def _serving_count(server: ServerProcess, worker_id: int) -> int:
-    return sum(1 for e in server.messages("serving") if e.get("worker") == worker_id)
-
-
-def test_admin_rpcs_reach_every_worker_and_later_ones(
-    launch: Launch, redis_server: RedisProcess, tmp_path: Path
-) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"{ADMIN_TOKEN} ops admin\n{ALICE_TOKEN} alice client\n")
-    port, http_port = free_port(), two_free_ports()
-    server = launch(
-        redis_env(
-            redis_server,
-            port,
-            CACHEGATE_TOKENS_FILE=str(tokens),
-            CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
-        )
-    )
-    target = f"127.0.0.1:{port}"
-    wait_for(lambda: all(_serving_count(server, i) == 1 for i in (0, 1)), 30, "two workers")
-    assert _gets(target) == {"OK": FRESH}
-    admin_channel = _fresh(target)
-    admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
-    opened = admin.ForceOpenBreaker(
-        admin_pb2.ForceOpenBreakerRequest(), metadata=_bearer(ADMIN_TOKEN), timeout=10
-    )
-    assert (opened.breaker.state, opened.breaker.forced) == (pb.CIRCUIT_STATE_OPEN, True)
-
-    # Every fresh connection, whichever worker it lands on, sees the breaker open...
-    assert _gets(target) == {"UNAVAILABLE": FRESH}
-    # ...and Stats, health and metrics of both workers agree.
-    forced_open = (pb.CIRCUIT_STATE_OPEN, True, "NOT_SERVING")
-    assert _views(target, server) == {0: forced_open, 1: forced_open}
-    assert _breaker_gauges(http_port) == [2.0, 2.0]
-
-    # A worker that dies afterwards comes back up forced open.
-    victim = server.worker_pids()[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: _serving_count(server, 0) == 2, 30, "worker 0 to restart and serve")
-    assert server.worker_pids()[0] != victim
-    assert _gets(target) == {"UNAVAILABLE": FRESH}
-    assert _views(target, server) == {0: forced_open, 1: forced_open}
-    assert _breaker_gauges(http_port) == [2.0, 2.0]
-
-    reset = admin.ResetBreaker(
-        admin_pb2.ResetBreakerRequest(), metadata=_bearer(ADMIN_TOKEN), timeout=10
-    )
-    assert (reset.breaker.state, reset.breaker.forced) == (pb.CIRCUIT_STATE_CLOSED, False)
-    assert _gets(target) == {"OK": FRESH}
-    normal = (pb.CIRCUIT_STATE_CLOSED, False, "SERVING")
-    assert _views(target, server) == {0: normal, 1: normal}
-    assert _breaker_gauges(http_port) == [0.0, 0.0]
-
-    closed = admin.ForceCloseBreaker(
-        admin_pb2.ForceCloseBreakerRequest(), metadata=_bearer(ADMIN_TOKEN), timeout=10
-    )
-    assert (closed.breaker.state, closed.breaker.forced) == (pb.CIRCUIT_STATE_CLOSED, True)
-    forced_closed = (pb.CIRCUIT_STATE_CLOSED, True, "SERVING")
-    assert _views(target, server) == {0: forced_closed, 1: forced_closed}
-    applied = server.messages("breaker command applied")
-    assert {e["worker"] for e in applied} == {0, 1}
-    admin_channel.close()
-    assert server.stop() == 0, server.log_path.read_text()
-
-
-# --- CPU placement: pinning is opt-in, the worker count follows the CPU quota -----------
-
-
-def affinity_of(pid: int) -> set[int]:
-    return set(os.sched_getaffinity(pid))
-
-
-def test_no_process_pins_itself_unless_asked(launch: Launch, redis_server: RedisProcess) -> None:
-    # On a shared machine (a Kubernetes node without exclusive cores) every cachegate
-    # pinning itself would pick the same lowest-numbered CPUs.
-    ours = affinity_of(0)
-    if len(ours) < 2:
-        pytest.skip("one CPU here: pinned and unpinned look the same")
-    port = free_port()
-    single = launch(redis_env(redis_server, port, CACHEGATE_WORKERS="1"))
-    assert worker_ids(f"127.0.0.1:{port}", single, {0}) == {0}
-    assert affinity_of(single.proc.pid) == ours
-    assert not single.messages("pinned to one CPU")
-    assert single.stop() == 0
-
-    port = free_port()
-    workers = launch(redis_env(redis_server, port))
-    assert worker_ids(f"127.0.0.1:{port}", workers, {0, 1}) == {0, 1}
-    assert [affinity_of(pid) for pid in workers.worker_pids().values()] == [ours, ours]
-    assert workers.stop() == 0
-
-    port = free_port()
-    pinned = launch(redis_env(redis_server, port, CACHEGATE_PIN_CPUS="1"))
-    assert worker_ids(f"127.0.0.1:{port}", pinned, {0, 1}) == {0, 1}
-    first, second = sorted(ours)[:2]
-    pids = pinned.worker_pids()
-    assert (affinity_of(pids[0]), affinity_of(pids[1])) == ({first}, {second})
-    assert pinned.stop() == 0
-
-
-@pytest.fixture
-def v1_cgroup() -> Iterator[Callable[[str, dict[str, int]], Path]]:
-    """A real cgroup v1 group of one controller ("cpu", "memory") with the given files
-    written (a quota, a limit), made for one test and removed after (skipped where the
-    machine does not let us make one: no v1 hierarchy of it, no rights)."""
-    made: list[Path] = []
-
-    def make(controller: str, files: dict[str, int]) -> Path:
-        parent = Path("/sys/fs/cgroup") / controller
-        group = parent / f"cachegate-test-{os.getpid()}-{len(made)}"
-        try:
-            group.mkdir()
-        except OSError as exc:
-            pytest.skip(f"cannot make a cgroup here ({parent}: {exc})")
-        made.append(group)
-        try:
-            for name, value in files.items():
-                (group / name).write_text(str(value))
-        except OSError as exc:
-            pytest.skip(f"cannot set {', '.join(files)} here ({group}: {exc})")
-        return group
-
-    yield make
-    for group in made:
-        deadline = time.monotonic() + 10
-        while True:
-            # Only the test's own server is in the group: a test that failed half-way
-            # may leave it running (this teardown runs before `launch`'s).
-            for pid in (group / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-
-def entering(group: Path) -> list[str]:
-    """A command that starts the server inside `group` (it joins it, then becomes
-    cachegate-server)."""
-    enter = (
-        "import os, sys; "
-        f"open({str(group / 'cgroup.procs')!r}, 'w').write(str(os.getpid())); "
-        f"os.execv({SERVER!r}, [{SERVER!r}])"
-    )
-    return [sys.executable, "-c", enter]
-
-
-def test_the_worker_count_follows_a_real_cgroup_cpu_quota(
-    launch: Launch, redis_server: RedisProcess, v1_cgroup: Callable[[str, dict[str, int]], Path]
-) -> None:
-    if len(affinity_of(0)) < 2:
-        pytest.skip("one CPU here: the quota cannot lower the worker count")
-    # Half a CPU.
-    group = v1_cgroup("cpu", {"cpu.cfs_period_us": 100_000, "cpu.cfs_quota_us": 50_000})
-    port = free_port()
-    server = launch(redis_env(redis_server, port, CACHEGATE_WORKERS="0"), entering(group))
-    assert worker_ids(f"127.0.0.1:{port}", server, {0}) == {0}
-    assert stats(f"127.0.0.1:{port}").workers == 1  # two CPUs here, but half a CPU's time
-    (plan,) = server.messages("one process, no supervisor")
-    assert (plan["workers"], plan["cpu_quota"], plan["cpu_share_each"]) == (1, 0.5, 0.5)
-    assert server.stop() == 0
-
-
-def test_each_workers_memory_follows_a_real_cgroup_limit_unless_set(
-    launch: Launch, redis_server: RedisProcess, v1_cgroup: Callable[[str, dict[str, int]], Path]
-) -> None:
-    # 448 MiB for 2 workers: 224 MiB each, less a worker's base (112 MiB), split 8 : 1
-    # between the memory budget and the stale copy: both below their defaults (the caps).
-    mib = 1024 * 1024
-    group = v1_cgroup("memory", {"memory.limit_in_bytes": 448 * mib})
-    budget, stale = 112 * mib * 8 // 9, 112 * mib // 9
-
-    def figures(server: ServerProcess) -> list[tuple[int, int]]:
-        """The budget and stale copy each worker runs with, from its `serving` line."""
-        wait_for(lambda: len(server.messages("serving")) == 2, 30, "two serving workers")
-        return [
-            (s["memory_budget_bytes"], s["stale_copy_bytes"]) for s in server.messages("serving")
-        ]
-
-    port = free_port()
-    derived = launch(redis_env(redis_server, port), entering(group))
-    assert figures(derived) == [(budget, stale)] * 2
-    (plan,) = [entry for entry in derived.logs() if "memory_budget_from" in entry]
-    assert (plan["workers"], plan["memory_limit_mib"], plan["memory_limit_from"]) == (
-        2,
-        448.0,
-        "cgroup",
-    )
-    assert (plan["memory_budget_from"], plan["stale_copy_from"]) == ("default", "default")
-    assert derived.stop() == 0
-
-    # Set, the operator's figures win over the derived ones, even past the limit (which
-    # the plan warns about: 2 x (112 + 200) MiB is more than 448).
-    port = free_port()
-    chosen = {"CACHEGATE_MEMORY_BUDGET_BYTES": str(200 * mib), "CACHEGATE_STALE_COPY_BYTES": "0"}
-    explicit = launch(redis_env(redis_server, port, **chosen), entering(group))
-    assert figures(explicit) == [(200 * mib, 0)] * 2
-    (plan,) = [entry for entry in explicit.logs() if "memory_budget_from" in entry]
-    assert (plan["memory_budget_from"], plan["stale_copy_from"]) == ("set", "set")
-    assert [e for e in explicit.logs() if "pass the memory limit of 448.0 MiB" in e["msg"]]
-    assert explicit.stop() == 0

@@ -1,7 +1,7 @@
 """CPU placement arithmetic (runtime/_cpus.py) on given file contents: no real cgroup.
 
 The cgroup files are given as text, as the kernel writes them; a real cgroup is used by
-tests/integration/test_workers.py where the machine allows it.
+tests/integration/test_worker_placement.py where the machine allows it.
 """
 
 from __future__ import annotations

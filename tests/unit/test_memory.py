@@ -2,7 +2,7 @@
 
 The cgroup files are given as text, as the kernel writes them, either as a mapping or as
 a fake tree under tmp_path read through the real file reader; a real cgroup is used by
-tests/integration/test_workers.py where the machine allows it.
+tests/integration/test_worker_placement.py where the machine allows it.
 """
 
 from __future__ import annotations
