@@ -1,8 +1,8 @@
 """Large Pipeline replies, encoded with one copy of their values and one at a time.
 
-A reply that carries megabytes of values (up to the send limit, 4 MiB by default) costs its
-worker a copy of those bytes at every step, and each copy is one C call that holds
-the GIL from start to end: while it runs, no other call of the worker moves. Built
+A reply that carries megabytes of values (up to the send limit, 4 MiB by default)
+costs its worker a copy of those bytes at every step, and each copy is one C call that
+holds the GIL from start to end: while it runs, no other call of the worker moves. Built
 the usual way, a reply copies its values into the message (upb), encodes it once
 to measure it (`ByteSize`) and once more for grpc (`SerializeToString`): three
 copies of up to the send limit per reply, each one a stall of every other caller.
