@@ -47,7 +47,15 @@ HOLD = 8.0  # seconds the attackers do not read: well past the send timeout
 def test_slow_readers(start_redis: StartRedis, start_gateway: StartGateway, report: Report) -> None:
     redis_server = start_redis()
     gateway = start_gateway(
-        workers_env(redis_server.url, 2, CACHEGATE_SEND_TIMEOUT=str(SEND_TIMEOUT))
+        workers_env(
+            redis_server.url,
+            2,
+            CACHEGATE_SEND_TIMEOUT=str(SEND_TIMEOUT),
+            # Every stream admitted: 60 streams from one address pass a worker's share
+            # (drill 15's subject), and the streams refused for it would leave fewer
+            # slow readers and race the send timeout's status in the attacker's tally.
+            CACHEGATE_STREAM_SHARE="1",
+        )
     )
     with make_channel(gateway.target) as channel:
         cache_pb2_grpc.CacheServiceStub(channel).SetEx(
