@@ -30,11 +30,14 @@ from drills.harness import DrillRow, Gateway
 from drills.load import Load, Summary, percentile, read_back, summarize
 
 __all__ = [
+    "BASE_MB",
+    "BUDGET_MB",
     "BYSTANDER_P99_MS",
     "CONTAINER_LIMIT_KB",
     "RECEIVE_LIMIT",
     "Bystander",
     "MemoryWatch",
+    "assert_withstood",
     "attack_in_phases",
     "attack_row",
     "cpu_seconds",
@@ -48,6 +51,12 @@ __all__ = [
 
 CONTAINER_LIMIT_KB = 3 * 1024 * 1024
 """The drills' stand-in for a container memory limit: a process past 3 GB is killed."""
+
+BUDGET_MB = 128  # CACHEGATE_MEMORY_BUDGET_BYTES's default
+# A worker's own memory before any request: the interpreter, grpc, protobuf, redis-py
+# (and fakeredis with its data on the memory backend), measured at 60-75 MB; allowing
+# for allocator slack.
+BASE_MB = 110
 
 RECEIVE_LIMIT = LimitSettings().max_receive_message_bytes
 """CACHEGATE_MAX_RECEIVE_MESSAGE_BYTES's default: the largest message grpc takes in
@@ -280,6 +289,19 @@ def attack_in_phases(
         result = run_attacker(kind, target, *args, "--bytes", str(size))
         phases.append((result, *bystander.during(start, time.monotonic())))
     return phases
+
+
+def assert_withstood(
+    memory: MemoryWatch, gateway: Gateway, workers_before: list[int], workers_after: list[int]
+) -> None:
+    """What an attack drill asserts first: no process passed the 3 GB guard, the gateway
+    and each of its workers lived through it, and each worker's peak RSS stayed within
+    the memory budget plus the base."""
+    assert not memory.killed, f"killed at the 3 GB guard: {memory.killed}"
+    assert gateway.alive(), "the gateway died"
+    assert workers_after == workers_before, "a worker died"
+    peak = memory.max_worker_mb
+    assert peak <= BUDGET_MB + BASE_MB, f"peak RSS {peak:.0f} MB > {BUDGET_MB} + {BASE_MB}"
 
 
 def attack_row(

@@ -41,6 +41,8 @@ import pytest
 from cachegate.v1 import invalidation_pb2 as ipb
 from cachegate.v1 import invalidation_pb2_grpc as ipb_grpc
 from drills.attack import (
+    BASE_MB,
+    BUDGET_MB,
     BYSTANDER_P99_MS,
     Bystander,
     MemoryWatch,
@@ -51,7 +53,6 @@ from drills.attack import (
 )
 from drills.harness import Gateway, Report, StartGateway, StartRedis
 from drills.load import CHANNEL_OPTIONS, read_back
-from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 from drills.test_15_stream_lockout import OTHERS, TOKENS, bearer, other_tenant_pipelines
 
 pytestmark = pytest.mark.drill

@@ -25,6 +25,7 @@ from drills.attack import (
     RECEIVE_LIMIT,
     Bystander,
     MemoryWatch,
+    assert_withstood,
     attack_row,
     gateway_pids,
     lost_writes,
@@ -32,7 +33,6 @@ from drills.attack import (
 )
 from drills.attackers import run_attacker
 from drills.harness import Report, StartGateway, StartRedis
-from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 
 pytestmark = pytest.mark.drill
 
@@ -94,16 +94,12 @@ def test_watch_limits(start_redis: StartRedis, start_gateway: StartGateway, repo
             f"worker growth {growth:.0f} MB",
         )
     )
-    assert not memory.killed, f"killed at the 3 GB guard: {memory.killed}"
-    assert gateway.alive(), "the gateway died"
-    assert workers_after == workers_before, "a worker died"
+    assert_withstood(memory, gateway, workers_before, workers_after)
     expected = {f"{name}: INVALID_ARGUMENT": CONNECTIONS * ROUNDS for name in NAMED}
     assert result["status"] == expected, result["status"]
     for name, text in NAMED.items():
         assert text in result["messages"][name], (name, result["messages"][name])
     assert max(slowest.values()) <= ANSWER_S, f"answers took (s): {slowest}"
-    peak = memory.max_worker_mb
-    assert peak <= BUDGET_MB + BASE_MB, f"peak RSS {peak:.0f} MB > {BUDGET_MB} + {BASE_MB}"
     assert growth <= GROWTH_MB, f"a worker grew {growth:.0f} MB"
     assert bystander.p99_ms() <= BYSTANDER_P99_MS, bystander.text()
     assert not bystander.summary.failed, bystander.text()

@@ -32,6 +32,8 @@ import pytest
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from drills.attack import (
+    BASE_MB,
+    BUDGET_MB,
     BYSTANDER_P99_MS,
     Bystander,
     MemoryWatch,
@@ -43,7 +45,6 @@ from drills.attack import (
 from drills.attackers import run_attacker
 from drills.harness import Gateway, Report, Sampler, StartGateway, StartRedis
 from drills.load import make_channel
-from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 from drills.test_22_subscriber_flood import side_port_text
 
 pytestmark = pytest.mark.drill

@@ -28,6 +28,8 @@ import pytest
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from drills.attack import (
+    BASE_MB,
+    BUDGET_MB,
     BYSTANDER_P99_MS,
     Bystander,
     MemoryWatch,
@@ -38,7 +40,6 @@ from drills.attack import (
 )
 from drills.harness import Report, Sampler, StartGateway, StartRedis
 from drills.load import read_back
-from drills.test_11_read_amplification import BASE_MB, BUDGET_MB
 from drills.test_24_stale_copy_bound import (
     BOUND,
     CONNECTIONS,
