@@ -31,7 +31,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ import redis  # noqa: E402
 from bench_pool import pool_fairness  # noqa: E402
 from bench_ratios import compute_ratios, ratio_table  # noqa: E402
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
-from redisprocs import RedisProcess, free_port, start_standalone  # noqa: E402
+from redisprocs import RedisProcess, free_port, free_port_block, start_standalone  # noqa: E402
 
 # CACHEGATE_BENCH_SERVER: another server command to measure with this same bench (an
 # older build, to compare two commits in one session: docs/performance.md).
@@ -251,23 +250,6 @@ class Cachegate:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def free_port_block(count: int) -> int:
-    """A port p with p .. p+count-1 all free (one side port per worker)."""
-    for _ in range(200):
-        base = free_port()
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 def server_env(redis_url: str, port: int, **settings: str) -> dict[str, str]:

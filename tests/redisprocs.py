@@ -27,6 +27,7 @@ import contextlib
 import functools
 import importlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -59,6 +60,7 @@ __all__ = [
     "find_redis_cli",
     "find_redis_server",
     "free_port",
+    "free_port_block",
     "start_cluster",
     "start_sentinel_setup",
     "start_standalone",
@@ -218,6 +220,37 @@ def free_port(*, cluster_bus: bool = False, attempts: int = 200) -> int:
             _issued_ports.update(wanted)
             return port
     raise RuntimeError(f"no free 127.0.0.1 port found in {attempts} attempts")
+
+
+def free_port_block(count: int, *, attempts: int = 200) -> int:
+    """Return a port p with p .. p+count-1 all free on 127.0.0.1 and not handed out before.
+
+    For a server that binds a port per worker from one base (CACHEGATE_HTTP_LISTEN's
+    port + worker number). The block is taken below the kernel's range for outgoing
+    connections' local ports (ip_local_port_range), where bind(0) picks: there a port
+    next to a free one could be taken at any moment by any client's connect, and the
+    server's later bind would fail.
+    """
+    low = _ephemeral_range()[0]
+    with _port_lock:
+        for _ in range(attempts):
+            base = random.randrange(max(1024, low - 12_000), low - count)
+            block = range(base, base + count)
+            if any(port in _issued_ports for port in block):
+                continue
+            if all(_can_bind(port) for port in block):
+                _issued_ports.update(block)
+                return base
+    raise RuntimeError(f"no block of {count} free 127.0.0.1 ports found in {attempts} attempts")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 # --------------------------------------------------------------------------- waiting

@@ -57,8 +57,15 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     """Start `cachegate-server` processes; each one is killed (by PID) at teardown."""
     started: list[Gateway] = []
 
-    def start(env: Mapping[str, str], *, http: bool = False, wait: bool = True) -> Gateway:
-        gateway = Gateway(env, tmp_path / f"cachegate-{len(started)}.log", http=http)
+    def start(
+        env: Mapping[str, str],
+        *,
+        http: bool = False,
+        wait: bool = True,
+        cgroup_procs: Path | None = None,
+    ) -> Gateway:
+        log = tmp_path / f"cachegate-{len(started)}.log"
+        gateway = Gateway(env, log, http=http, cgroup_procs=cgroup_procs)
         started.append(gateway)
         if wait:
             gateway.wait_serving()

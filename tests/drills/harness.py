@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
 from drills.load import Summary, make_channel
-from redisprocs import RedisProcess, free_port
+from redisprocs import RedisProcess, free_port, free_port_block
 
 __all__ = [
     "FAILURE_THRESHOLD",
@@ -59,7 +59,7 @@ RECOVERY_TIMEOUT = 2.0
 
 
 StartGateway = Callable[..., "Gateway"]
-"""The start_gateway fixture: start_gateway(env, *, http=False, wait=True)."""
+"""The start_gateway fixture: start_gateway(env, *, http=False, wait=True, cgroup_procs=None)."""
 StartRedis = Callable[..., RedisProcess]
 """The start_redis fixture: start_redis(extra_args=())."""
 Report = Callable[["DrillRow"], None]
@@ -74,9 +74,18 @@ def _clean_environ() -> dict[str, str]:
 class Gateway:
     """One `cachegate-server` subprocess (single worker) on free 127.0.0.1 ports."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, http: bool = False) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        http: bool = False,
+        cgroup_procs: Path | None = None,
+    ) -> None:
         self.port = free_port()
-        self.http_port = free_port() if http else None
+        # Worker i serves its side port on the base + i: the whole block must be free.
+        workers = int(env.get("CACHEGATE_WORKERS", "1")) or len(os.sched_getaffinity(0))
+        self.http_port = free_port_block(workers) if http else None
         self.log_path = log_path
         self.env = {
             "CACHEGATE_LISTEN": f"127.0.0.1:{self.port}",
@@ -87,9 +96,17 @@ class Gateway:
             "REDIS_RECOVERY_TIMEOUT": str(RECOVERY_TIMEOUT),
             **env,
         }
+        command = [str(SERVER)]
+        if cgroup_procs is not None:  # join the cgroup first, then become the server
+            command = [
+                sys.executable,
+                "-c",
+                f"import os; open({str(cgroup_procs)!r}, 'w').write(str(os.getpid())); "
+                f"os.execv({str(SERVER)!r}, [{str(SERVER)!r}])",
+            ]
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(SERVER)],
+                command,
                 env={**_clean_environ(), **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
