@@ -154,6 +154,23 @@ def test_read_cpu_quota_in_a_v1_container_whose_listing_names_the_host_path() ->
     assert worker_count(64, quota) == 2
 
 
+def test_read_cpu_quota_on_hybrid_mounts() -> None:
+    # v1 controllers beside an empty v2 hierarchy at /sys/fs/cgroup/unified, which the
+    # listing names too ("0::..."): the quota is the v1 cpu controller's; the v2 line
+    # names directories without cpu.max, so it adds none.
+    files = {
+        "/proc/self/cgroup": "1:cpu:/process_api/abc\n2:cpuacct:/process_api/abc\n0::/\n",
+        "/sys/fs/cgroup/cpu/process_api/abc/cpu.cfs_quota_us": "150000\n",
+        "/sys/fs/cgroup/cpu/process_api/abc/cpu.cfs_period_us": "100000\n",
+        "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n",
+        "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+        "/sys/fs/cgroup/unified/cgroup.procs": "1\n",
+    }
+    quota = read_cpu_quota(files.get)
+    assert quota == CpuQuota(150_000, 100_000)
+    assert worker_count(8, quota) == 2
+
+
 def test_read_cpu_quota_without_any_cgroup_file_is_none() -> None:
     nothing: dict[str, str] = {}
     assert read_cpu_quota(nothing.get) is None

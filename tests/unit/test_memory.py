@@ -124,6 +124,24 @@ def test_read_memory_limit_from_a_fake_v1_tree(tmp_path: Path) -> None:
     assert read_memory_limit(root=root, proc_self_cgroup=listing) is None
 
 
+def test_read_memory_limit_on_hybrid_mounts(tmp_path: Path) -> None:
+    # Hybrid (systemd's default for years, and this project's CI machine): every
+    # controller on a v1 hierarchy, and an empty v2 one at /sys/fs/cgroup/unified that
+    # /proc/self/cgroup lists too ("0::..."). The limit is the v1 memory one's; the v2
+    # line names no directory with a limit file, so it adds none.
+    (tmp_path / "cgroup").write_text(
+        "4:memory:/process_api/abc\n2:cpu,cpuacct:/process_api/abc\n0::/user.slice/s1\n"
+    )
+    group = tmp_path / "cg" / "memory" / "process_api" / "abc"
+    group.mkdir(parents=True)
+    (group / "memory.limit_in_bytes").write_text(f"{512 * MIB}\n")
+    unified = tmp_path / "cg" / "unified" / "user.slice" / "s1"
+    unified.mkdir(parents=True)
+    (unified / "cgroup.procs").write_text("1\n")  # a v2 cgroup with no controllers
+    root, listing = str(tmp_path / "cg"), str(tmp_path / "cgroup")
+    assert read_memory_limit(root=root, proc_self_cgroup=listing) == 512 * MIB
+
+
 def test_the_ceiling_is_the_cgroup_limit_never_above_physical_memory() -> None:
     assert memory_ceiling(GIB, 64 * GIB) == MemoryLimit(GIB, "cgroup")
     assert memory_ceiling(None, 64 * GIB) == MemoryLimit(64 * GIB, "physical")

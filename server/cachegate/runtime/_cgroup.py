@@ -12,6 +12,12 @@ from ours up to the mount's root and keeps the tightest limit it finds there
 In a container the mount's root IS the container's cgroup, while the listed path may be
 the host's: directories that do not exist are skipped by the readers (their files read
 as None).
+
+Hybrid mounts (every controller on v1, beside an empty v2 hierarchy at
+/sys/fs/cgroup/unified, which the listing names too as "0::<path>") need nothing of
+their own: the v2 line is looked up under /sys/fs/cgroup, where no limit file is, and
+a v2 hierarchy without controllers carries no limit anyway; the v1 lines give the
+limits (tests/unit/test_memory.py and test_cpus.py, and drill 26 on a real one).
 """
 
 from __future__ import annotations
