@@ -10,6 +10,7 @@ test runs its coroutine with asyncio.run, as test_aio_client.py does.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -102,6 +103,26 @@ def test_the_async_client_streams_invalidations_and_cancel_ends_them(
             await watched.aclose()
             await eventually(lambda: open_streams(redis_backed_server) == 0, what="none left")
             assert await client.get("k") == b"1"  # the channel stays open
+
+    asyncio.run(main())
+
+
+def test_the_async_stream_can_be_cancelled_from_another_thread(
+    redis_backed_server: RunningServer,
+) -> None:
+    """cancel() from a thread other than the client's loop (a signal handler's thread, a
+    sync caller) ends the iteration quietly and the server sees the stream end."""
+
+    async def main() -> None:
+        async with AsyncCacheClient(redis_backed_server.target) as client:
+            stream = client.invalidations()
+            assert (await next_event(stream)).reason == "subscribed"
+            canceller = threading.Thread(target=stream.cancel)
+            canceller.start()
+            async with asyncio.timeout(BOUND):
+                assert [event async for event in stream] == []  # ended, no error
+            await asyncio.to_thread(canceller.join)
+            await eventually(lambda: open_streams(redis_backed_server) == 0, what="its end")
 
     asyncio.run(main())
 

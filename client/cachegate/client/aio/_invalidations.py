@@ -20,7 +20,7 @@ __all__ = ["AsyncInvalidationStream"]
 
 
 class AsyncInvalidationStream(AsyncIterator[Invalidation]):
-    """`async for` the events; `cancel()` (from the client's loop) ends it.
+    """`async for` the events; `cancel()`, from any thread, ends it.
 
     Iteration raises a CacheClientError when the stream ends with a status other
     than the caller's own cancel, after which the stream is done. Cancelling the task
@@ -29,6 +29,9 @@ class AsyncInvalidationStream(AsyncIterator[Invalidation]):
 
     def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
         self._call = call
+        # grpc.aio's calls belong to the loop they were made on: a cancel from
+        # another thread is handed to it (the sync stream's cancel() works anywhere).
+        self._loop = _running_loop()
         self._cancelled = False
         self._events = self._read()
 
@@ -39,8 +42,15 @@ class AsyncInvalidationStream(AsyncIterator[Invalidation]):
         return await anext(self._events)
 
     def cancel(self) -> None:
+        """End the stream: iteration stops without an error. Safe from any thread; off
+        the client's loop the cancel runs on that loop soon after (a closed loop has
+        ended the call already)."""
         self._cancelled = True
-        self._call.cancel()
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            self._call.cancel()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._call.cancel)
 
     async def aclose(self) -> None:
         """Cancel the RPC and finish the iteration (for `contextlib.aclosing`)."""
@@ -66,3 +76,10 @@ class AsyncInvalidationStream(AsyncIterator[Invalidation]):
                 raise
         finally:
             self._call.cancel()  # a consumer that stops early must not leave the RPC open
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread
+        return None
