@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachegate.v1 import cache_pb2 as pb
 from cachegate.v1 import cache_pb2_grpc
-from drills.load import Summary, make_channel
+from drills.load import Load, Request, Summary, make_channel, read_back, summarize
 from redisprocs import RedisProcess, free_port, free_port_block
 
 __all__ = [
@@ -306,6 +306,40 @@ def breaker_delta(before: pb.StatsResponse, after: pb.StatsResponse) -> str:
     opened = after.breaker.opened_total - before.breaker.opened_total
     moved = after.breaker.transitions_total - before.breaker.transitions_total
     return f"opened={opened} transitions={moved}"
+
+
+@dataclass(frozen=True)
+class FaultEnd:
+    """What a fault drill reads once its fault is over: the load's records and their
+    summary, the acknowledged writes the gateway no longer returns, and the breaker's
+    moves from `Stats`; `row` is the drill's report row."""
+
+    records: list[Request]
+    summary: Summary
+    lost: list[str]
+    acked: int
+    breaker: str
+    stats: pb.StatsResponse  # taken before the writes were read back
+
+    @classmethod
+    def read(cls, gateway: Gateway, load: Load, before: pb.StatsResponse) -> FaultEnd:
+        stats = gateway.stats()
+        records = load.records
+        acked = load.acked
+        lost = read_back(gateway.target, acked)
+        return cls(
+            records, summarize(records), lost, len(acked), breaker_delta(before, stats), stats
+        )
+
+    def row(self, drill: str, *, recover_s: float | None, notes: str) -> DrillRow:
+        return DrillRow.of(
+            drill,
+            self.summary,
+            lost=len(self.lost),
+            breaker=self.breaker,
+            recover_s=recover_s,
+            notes=f"{notes}; acked={self.acked} bad_reads={self.summary.bad_reads}",
+        )
 
 
 def first_success_after(records: Sequence[Any], since: float) -> float | None:

@@ -16,14 +16,13 @@ import pytest
 from cachegate.v1 import cache_pb2 as pb
 from drills.harness import (
     RECOVERY_TIMEOUT,
-    DrillRow,
+    FaultEnd,
     Report,
     StartGateway,
     StartRedis,
-    breaker_delta,
     first_success_after,
 )
-from drills.load import Load, percentile, read_back, summarize
+from drills.load import Load, percentile
 
 pytestmark = pytest.mark.drill
 
@@ -60,9 +59,8 @@ def test_redis_killed_under_load_and_restarted(
             assert time.monotonic() < deadline, gateway.log_tail()
             time.sleep(0.05)
         time.sleep(1.5)  # normal traffic again, for the record
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary, after = end.records, end.summary, end.stats
     recovered = first_success_after(records, restarted_at)
     fast = [
         r.latency
@@ -70,23 +68,18 @@ def test_redis_killed_under_load_and_restarted(
         if r.code is grpc.StatusCode.UNAVAILABLE and "circuit breaker" in r.message
     ]
     fast_p99 = percentile(fast, 99)
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "1 redis kill+restart (AOF)",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=recovered,
-            notes=f"fail-fast n={len(fast)} p99={fast_p99 * 1000:.1f}ms; "
-            f"acked={len(load.acked)} bad_reads={summary.bad_reads}",
+            notes=f"fail-fast n={len(fast)} p99={fast_p99 * 1000:.1f}ms",
         )
     )
     assert len(fast) >= MIN_FAST_FAILS, f"only {len(fast)} calls met the open breaker"
     assert fast_p99 <= FAIL_FAST_P99, f"fail-fast p99 {fast_p99 * 1000:.1f} ms"
     assert recovered is not None
     assert recovered <= RECOVERY_TIMEOUT + 1, f"first success {recovered:.2f}s after restart"
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0
     assert after.breaker.opened_total > before.breaker.opened_total
     assert after.breaker.state == pb.CIRCUIT_STATE_CLOSED  # back to normal

@@ -23,15 +23,14 @@ import pytest
 
 from drills.harness import (
     RECOVERY_TIMEOUT,
-    DrillRow,
+    FaultEnd,
     Report,
     Sampler,
     StartGateway,
     StartRedis,
-    breaker_delta,
     first_success_after,
 )
-from drills.load import Load, read_back, summarize
+from drills.load import Load
 
 pytestmark = pytest.mark.drill
 
@@ -73,24 +72,18 @@ def test_redis_sigstopped_then_continued(
             assert time.monotonic() < deadline, gateway.log_tail()
             time.sleep(0.05)
         time.sleep(1.5)
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary = end.records, end.summary
     recovered = first_success_after(records, resumed_at)
     timed_out = [r for r in records if r.code is grpc.StatusCode.DEADLINE_EXCEEDED]
     used_max = max(used.values(paused_at, resumed_at), default=-1)
     held_long = gateway.handled_slower_than(SERVER_HOLD_LIMIT)
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "2 redis SIGSTOP 3s",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=recovered,
             notes=f"deadline={DEADLINE * 1000:.0f}ms; used conns max={used_max:.0f}; "
-            f"server-side >{SERVER_HOLD_LIMIT}s={held_long}; "
-            f"acked={len(load.acked)} bad_reads={summary.bad_reads}",
+            f"server-side >{SERVER_HOLD_LIMIT}s={held_long}",
         )
     )
     assert len(timed_out) >= 10, "the pause did not hold calls up: nothing was drilled"
@@ -101,5 +94,5 @@ def test_redis_sigstopped_then_continued(
     assert 0 <= used_max <= THREADS + 1, f"{used_max} connections in use for {THREADS} callers"
     assert recovered is not None
     assert recovered <= RECOVERY_TIMEOUT + 1, f"first success {recovered:.2f}s after SIGCONT"
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0

@@ -16,14 +16,13 @@ import pytest
 
 from drills.harness import (
     RECOVERY_TIMEOUT,
-    DrillRow,
+    FaultEnd,
     Report,
     StartGateway,
     StartRedis,
-    breaker_delta,
     first_success_after,
 )
-from drills.load import Load, read_back, summarize
+from drills.load import Load
 
 pytestmark = pytest.mark.drill
 
@@ -56,21 +55,15 @@ def test_client_pause_all(
             assert time.monotonic() < deadline, gateway.log_tail()
             time.sleep(0.05)
         time.sleep(1.5)
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary, after = end.records, end.summary, end.stats
     recovered = first_success_after(records, unpaused_at)
     held_long = gateway.handled_slower_than(SERVER_HOLD_LIMIT)
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "3 CLIENT PAUSE 2000 ALL",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=recovered,
-            notes=f"socket timeout 250ms; server-side >{SERVER_HOLD_LIMIT}s={held_long}; "
-            f"acked={len(load.acked)} bad_reads={summary.bad_reads}",
+            notes=f"socket timeout 250ms; server-side >{SERVER_HOLD_LIMIT}s={held_long}",
         )
     )
     assert sum(summary.failed.values()) >= 10, "the pause did not hold calls up"
@@ -81,5 +74,5 @@ def test_client_pause_all(
     assert after.breaker.opened_total > before.breaker.opened_total, "Redis's silence went unseen"
     assert recovered is not None
     assert recovered <= RECOVERY_TIMEOUT + 1, f"first success {recovered:.2f}s after the pause"
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from drills.harness import DrillRow, Report, StartGateway, StartRedis, breaker_delta
-from drills.load import Load, read_back, summarize
+from drills.harness import FaultEnd, Report, StartGateway, StartRedis
+from drills.load import Load
 
 pytestmark = pytest.mark.drill
 
@@ -33,22 +33,17 @@ def test_client_kill_is_invisible(
         for _ in range(KILLS):
             killed.append(int(admin.execute_command("CLIENT", "KILL", "TYPE", "normal")))
             time.sleep(EVERY)
-    after = gateway.stats()
-    summary = summarize(load.records)
-    lost = read_back(gateway.target, load.acked)
+    end = FaultEnd.read(gateway, load, before)
+    summary, after = end.summary, end.stats
     report(
-        DrillRow.of(
+        end.row(
             "4 CLIENT KILL TYPE normal x10",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=None,
             notes=f"connections killed={sum(killed)} retries="
-            f"{after.calls.retries_total - before.calls.retries_total}; "
-            f"acked={len(load.acked)} bad_reads={summary.bad_reads}",
+            f"{after.calls.retries_total - before.calls.retries_total}",
         )
     )
     assert sum(killed) >= KILLS, f"CLIENT KILL found only {killed} connections: nothing was drilled"
     assert dict(summary.failed) == {}, f"callers saw errors: {summary.failed_text}"
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0

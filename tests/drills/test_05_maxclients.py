@@ -22,14 +22,13 @@ import pytest
 
 from drills.harness import (
     RECOVERY_TIMEOUT,
-    DrillRow,
+    FaultEnd,
     Report,
     StartGateway,
     StartRedis,
-    breaker_delta,
     first_success_after,
 )
-from drills.load import Load, read_back, summarize
+from drills.load import Load
 from redisprocs import HOST
 
 pytestmark = pytest.mark.drill
@@ -93,20 +92,15 @@ def test_maxclients_reached(
         for sock in fillers:
             with contextlib.suppress(OSError):
                 sock.close()
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary = end.records, end.summary
     recovered = first_success_after(records, released_at)
     during = [r for r in records if r.start < released_at]
     named = sum(1 for r in during if CAUSE in r.message)
     unclear = Counter(r.message for r in during if not r.ok and CAUSE not in r.message)
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "5 redis maxclients reached",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=recovered,
             notes=f"{len(during)} calls while full: {named} named the cause, "
             f"{sum(unclear.values())} did not; "
@@ -122,5 +116,5 @@ def test_maxclients_reached(
     assert not unclear, f"callers not told the cause: {dict(unclear)}"
     assert recovered is not None
     assert recovered <= RECOVERY_TIMEOUT + 1, f"first success {recovered:.2f}s after release"
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0

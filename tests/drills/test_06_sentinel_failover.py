@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from drills.harness import DrillRow, Report, StartGateway, breaker_delta
-from drills.load import Load, read_back, summarize
+from drills.harness import FaultEnd, Report, StartGateway
+from drills.load import Load
 from redisprocs import HOST, RedisProcess, SentinelSetup, wait_until
 
 pytestmark = [pytest.mark.drill, pytest.mark.slow]
@@ -68,27 +68,21 @@ def test_sentinel_failover_with_durable_writes(
             assert time.monotonic() < deadline, gateway.log_tail()
             time.sleep(0.05)
         time.sleep(2)
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary = end.records, end.summary
     resumed = min(r.end for r in records if r.op == "set" and r.ok and r.start > killed_at)
     resumed_s = resumed - killed_at
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "6 sentinel failover (WAIT 1)",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=resumed_s,
             notes=f"failover {failed_over:.1f}s after kill; replica synced {replica_up:.1f}s; "
-            f"writes resumed {resumed_s:.1f}s after kill; acked={len(load.acked)} "
-            f"bad_reads={summary.bad_reads}",
+            f"writes resumed {resumed_s:.1f}s after kill",
         )
     )
     assert resumed_s <= RESUME_WITHIN, (
         f"writes resumed {resumed_s:.1f}s after the kill (the replica synced after "
         f"{replica_up:.1f}s)"
     )
-    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert end.lost == [], f"{len(end.lost)} acknowledged writes lost, e.g. {end.lost[:5]}"
     assert summary.bad_reads == 0

@@ -19,15 +19,14 @@ import grpc
 import pytest
 
 from drills.harness import (
-    DrillRow,
+    FaultEnd,
     Report,
     Sampler,
     StartGateway,
     StartRedis,
     Stutter,
-    breaker_delta,
 )
-from drills.load import Load, percentile, read_back, summarize
+from drills.load import Load, percentile
 
 pytestmark = pytest.mark.drill
 
@@ -75,20 +74,15 @@ def test_ten_times_overload(
         load,
     ):
         load.join()
-    after = gateway.stats()
-    records = load.records
-    summary = summarize(records)
+    end = FaultEnd.read(gateway, load, before)
+    records, summary = end.records, end.summary
     shed = [r.latency for r in records if r.code is grpc.StatusCode.RESOURCE_EXHAUSTED]
     shed_p99 = percentile(shed, 99)
     peak_connections = max(connections.values(), default=-1)
     rss_growth = max(rss.values(), default=rss_start) - rss_start
-    lost = read_back(gateway.target, load.acked)
     report(
-        DrillRow.of(
+        end.row(
             "10 overload 10x (pool 4)",
-            summary,
-            lost=len(lost),
-            breaker=breaker_delta(before, after),
             recover_s=None,
             notes=f"shed p99={shed_p99 * 1000:.0f}ms (n={len(shed)}); redis conns max="
             f"{peak_connections:.0f} ({len(connections.values())} samples); "
@@ -101,5 +95,5 @@ def test_ten_times_overload(
     assert set(summary.failed) == {"RESOURCE_EXHAUSTED"}, summary.failed_text
     assert shed_p99 <= SHED_P99, f"shedding p99 {shed_p99 * 1000:.0f} ms"
     assert rss_growth < RSS_GROWTH_KB, f"RSS grew by {rss_growth / 1024:.1f} MB"
-    assert lost == []
+    assert end.lost == []
     assert summary.bad_reads == 0
