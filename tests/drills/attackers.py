@@ -9,8 +9,8 @@ and a sample of their messages, how many values came back and the largest reply.
 It runs under SCHED_IDLE, on CPU time nothing else wants: a real attacker is on
 another machine, and here its own CPU (building, sending and parsing messages of
 megabytes on a shared 2-core box) would otherwise show up in the bystander's latency
-as if the server had spent it. At nice 10 it still did: drill 12's bystander p99 at
-the receive limit was 32-59 ms in ten runs, and 27-33 ms in nine under SCHED_IDLE.
+as if the server had spent it. At nice 10 it still did (docs/performance.md, "The
+attackers' own CPU").
 
 Kinds:
 - `pipeline-gets`: Pipeline batches of `--gets` gets of one key, on `--streams` streams
