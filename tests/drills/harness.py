@@ -38,6 +38,7 @@ __all__ = [
     "ROWS",
     "SERVER",
     "DrillRow",
+    "FaultEnd",
     "Gateway",
     "Report",
     "Sampler",
