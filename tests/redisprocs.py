@@ -231,10 +231,16 @@ def free_port_block(count: int, *, attempts: int = 200) -> int:
     next to a free one could be taken at any moment by any client's connect, and the
     server's later bind would fail.
     """
-    low = _ephemeral_range()[0]
+    low, high = _ephemeral_range()
+    # Below the range where there is room for it, else above it.
+    first, last = (
+        (max(1024, low - 12_000), low - count)
+        if low - count > 2048
+        else (high + 1, _MAX_PORT - count)
+    )
     with _port_lock:
         for _ in range(attempts):
-            base = random.randrange(max(1024, low - 12_000), low - count)
+            base = random.randrange(first, last)
             block = range(base, base + count)
             if any(port in _issued_ports for port in block):
                 continue
