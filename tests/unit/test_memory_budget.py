@@ -188,3 +188,12 @@ def test_send_watch_ends_only_the_streams_whose_reply_is_overdue() -> None:
         assert ended == ["first", "second"]
     finally:
         watch.close()
+
+
+def test_operations_after_the_first_counted_slice_are_counted() -> None:
+    # One long operation fills the first slice (4 x (limit + 1) bytes) with bytes that
+    # are no tags; the empty operations after it are counted from later slices.
+    long = pb.Operation(get=pb.GetOperation(key="k" * 50_000)).SerializeToString()
+    data = long + b"\x0a\x00" * 10_000
+    assert too_many_operations(data, 10_000) == "batch has more than 10000 operations"
+    assert too_many_operations(data, 10_001) is None

@@ -201,10 +201,13 @@ def too_many_operations(data: bytes, limit: int) -> str | None:
     if len(data) <= 2 * limit:
         return None  # an operation takes at least 2 bytes
     # Counted a slice at a time: a count holds the GIL, and once the tags seen pass
-    # the limit the rest need not be counted (the walk decides).
+    # the limit the rest need not be counted (the walk decides). The first slice just
+    # holds limit + 1 operations of a few bytes, so a batch of many small operations
+    # starts its walk without a count of the rest.
     tags = 0
-    for start in range(0, len(data), _COUNT_SLICE):
-        stop = start + _COUNT_SLICE
+    first = 4 * (limit + 1)
+    for start in itertools.chain((0,), range(first, len(data), _COUNT_SLICE)):
+        stop = first if start == 0 else start + _COUNT_SLICE
         tags += data.count(_OPERATION_TAG, start, stop) + data.count(_LONG_TAG, start, stop)
         if tags > limit:
             most_fields = limit + SPARE_FIELDS
@@ -265,27 +268,30 @@ def _count_fields(data: bytes, limit: int, most_fields: int) -> tuple[int, int]:
     pass `limit` or the fields pass `most_fields`; (-1, -1) when malformed first.
 
     A field with a one-byte tag and a one-byte varint or length (an operation shorter
-    than 128 bytes) is stepped over inline: a long walk is made of such fields (an
-    attack of small ones), and a generator step each took three times as long, with
-    the GIL held.
+    than 128 bytes) is stepped over inline, an operation first: a long walk is made of
+    such fields (an attack of small ones), and every step of it holds the GIL.
     """
     operations = fields = 0
     pos, end = 0, len(data)
+    last = end - 1
     try:
         while pos < end:
             tag = data[pos]
-            if tag < 0x80 and tag & 5 == 0 and pos + 1 < end and data[pos + 1] < 0x80:
+            if tag == 10 and pos < last and data[pos + 1] < 0x80:
+                pos += 2 + data[pos + 1]  # an operation shorter than 128 bytes
+                operations += 1
+            elif tag < 0x80 and tag & 5 == 0 and pos < last and data[pos + 1] < 0x80:
                 pos += 2 + data[pos + 1] if tag & 2 else 2  # wire type 2 or 0
             else:
                 tag, _, pos = _field_at(data, pos)
-            if pos > end:
-                return -1, -1
+                if tag == 10:  # field 1, length-delimited: an operation
+                    operations += 1
             fields += 1
-            if tag == 10:  # field 1, length-delimited: an operation
-                operations += 1
             if operations > limit or fields > most_fields:
                 break
     except _NotAFieldError:
+        return -1, -1
+    if pos > end:  # the last field stepped over runs past the end
         return -1, -1
     return operations, fields
 
