@@ -273,13 +273,15 @@ def server_env(redis_url: str, port: int, **settings: str) -> dict[str, str]:
     }
 
 
-def start_cachegate(redis_url: str, workers: int) -> Cachegate:
+def start_cachegate(redis_url: str, workers: int, **settings: str) -> Cachegate:
+    """cachegate-server on `redis_url` with `workers` workers; `settings` as server_env's."""
     port, http_port = free_port(), free_port_block(workers)
     env = server_env(
         redis_url,
         port,
         CACHEGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
         CACHEGATE_WORKERS=str(workers),
+        **settings,
     )
     process = subprocess.Popen([SERVER], env=env, stderr=subprocess.DEVNULL)
     server = Cachegate(process, port, http_port, workers)

@@ -1,0 +1,203 @@
+"""How near grpcio's floor a unary Get could come without the thread pool (issue 15).
+
+Four servers answer the same h2load load (Get of one 32-byte value, c=64 by default),
+one after another in each round, with one process per CPU, pinned and sharing the
+port, as `make bench` runs them:
+
+- `grpcio-floor`: scripts/grpc_floor.py, grpcio's thread-pool server with a constant
+  reply (`make bench`'s floor, the reference of every ratio);
+- `aio-floor`: scripts/aio_floor.py, grpcio's asyncio server with the same constant reply;
+- `aio-redis`: scripts/aio_floor.py reading each key from Redis over one asyncio
+  connection per process (the GETs of one event-loop turn share a round trip);
+- `cachegate`: cachegate-server on the same Redis.
+
+Each round prints its records and each server's CPU per call and calls/s as ratios to
+the floor of the same round; the end prints the medians over the rounds. Every server
+is asked once before and once after its load whether Get returns the value, and
+cachegate's own metrics must count every call OK.
+
+    .venv/bin/python scripts/aio_ceiling.py --rounds 3
+
+Everything listens on 127.0.0.1; every load is bounded by its count of calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # redisprocs: real redis-server processes
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import grpc  # noqa: E402
+import redis  # noqa: E402
+
+from bench import (  # noqa: E402
+    VALUE,
+    Cachegate,
+    FloorServer,
+    Record,
+    RedisCounts,
+    grpc_body,
+    h2load,
+    h2load_record,
+    start_cachegate,
+    table,
+    wait_answering,
+)
+from cachegate.v1 import cache_pb2 as pb  # noqa: E402
+from redisprocs import free_port, start_standalone  # noqa: E402
+
+KEY = "k7"
+Server = FloorServer | Cachegate
+
+
+def start_script(script: str, workers: int, pin: bool, *extra: str) -> FloorServer:
+    """`workers` processes of scripts/`script` on one shared port, pinned one per CPU
+    when `pin`."""
+    port = free_port()
+    cpus = sorted(os.sched_getaffinity(0))
+    server = FloorServer([], port)
+    for worker in range(workers):
+        command = [sys.executable, str(ROOT / "scripts" / script), "--port", str(port), *extra]
+        if pin:
+            command += ["--cpu", str(cpus[worker % len(cpus)])]
+        server.processes.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
+    try:
+        wait_answering(
+            server.target,
+            "Get",
+            pb.GetRequest(key=KEY).SerializeToString(),
+            alive=lambda: all(process.poll() is None for process in server.processes),
+        )
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError(f"{script} did not start") from None
+    return server
+
+
+def check_answer(server: Server) -> None:
+    """Get must return the stored value (h2load counts any gRPC status as a success)."""
+    with grpc.insecure_channel(server.target) as channel:
+        get = channel.unary_unary(
+            "/cachegate.v1.CacheService/Get",
+            request_serializer=pb.GetRequest.SerializeToString,
+            response_deserializer=pb.GetResponse.FromString,
+        )
+        reply = get(pb.GetRequest(key=KEY), timeout=10)
+    if not reply.found or reply.value != VALUE:
+        raise AssertionError(f"{server.target}: Get answered {reply!r}")
+
+
+def measure(
+    name: str,
+    server: Server,
+    counter: redis.Redis | None,
+    folder: Path,
+    concurrency: int,
+    requests: int,
+) -> Record:
+    """One h2load run of Gets against `server`, checked before and after."""
+    body = grpc_body(pb.GetRequest(key=KEY))
+    check_answer(server)
+    h2load(server, "Get", body, 8, 2000, folder)  # warm: threads started, connections made
+    handled = server.handled() if isinstance(server, Cachegate) else {}
+    before = RedisCounts.read(counter) if counter is not None else None
+    rate, latencies, cpu = h2load(server, "Get", body, concurrency, requests, folder)
+    after = RedisCounts.read(counter) if counter is not None else None
+    check_answer(server)
+    if isinstance(server, Cachegate):
+        ok = server.handled().get(("Get", "OK"), 0) - handled.get(("Get", "OK"), 0)
+        if ok < len(latencies):  # the checks after the load count too
+            raise AssertionError(f"cachegate: {len(latencies)} Gets but {ok} answered OK")
+    record = h2load_record(name, concurrency, rate, latencies, cpu, f"{server.target}")
+    if before is not None and after is not None:
+        # The check after the load is one Get more than the load's.
+        round_trips, commands = before.per_op(after, len(latencies) + 1)
+        record.redis_round_trips_per_op, record.redis_commands_per_op = round_trips, commands
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave every process free to run on any CPU (cachegate's default; `make bench` pins)",
+    )
+    args = parser.parse_args()
+    ratios: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="cachegate-aio-ceiling-") as scratch:
+        folder = Path(scratch)
+        redis_server = start_standalone(folder / "redis")
+        try:
+            redis_server.client().set(KEY, VALUE)
+            port, counter = redis_server.port, redis_server.client()
+            starters: list[tuple[str, redis.Redis | None, Callable[[], Server]]] = [
+                (
+                    "grpcio-floor",
+                    None,
+                    lambda: start_script("grpc_floor.py", args.workers, args.pin),
+                ),
+                ("aio-floor", None, lambda: start_script("aio_floor.py", args.workers, args.pin)),
+                (
+                    "aio-redis",
+                    counter,
+                    lambda: start_script(
+                        "aio_floor.py", args.workers, args.pin, "--redis-port", str(port)
+                    ),
+                ),
+                (
+                    "cachegate",
+                    counter,
+                    lambda: start_cachegate(
+                        redis_server.url, args.workers, CACHEGATE_PIN_CPUS=str(int(args.pin))
+                    ),
+                ),
+            ]
+            for round_number in range(1, args.rounds + 1):
+                records = []
+                for name, counted, start in starters:
+                    server = start()
+                    try:
+                        records.append(
+                            measure(name, server, counted, folder, args.concurrency, args.requests)
+                        )
+                    finally:
+                        server.stop()
+                floor = records[0]
+                assert floor.server_cpu_us_per_op is not None
+                pinned = "pinned" if args.pin else "not pinned"
+                print(f"round {round_number}, {args.workers} process(es) each, {pinned}")
+                print(table(records))
+                for record in records:
+                    assert record.server_cpu_us_per_op is not None
+                    cpu = record.server_cpu_us_per_op / floor.server_cpu_us_per_op
+                    rate = record.ops_per_s / floor.ops_per_s
+                    ratios.setdefault(record.name, []).append((cpu, rate))
+                print()
+        finally:
+            redis_server.stop()
+    print(f"medians over {args.rounds} rounds, ratios to grpcio's floor of the same round")
+    print(f"{'server':14} {'CPU per call':>12} {'calls/s':>8}")
+    for name, pairs in ratios.items():
+        cpu = statistics.median(pair[0] for pair in pairs)
+        rate = statistics.median(pair[1] for pair in pairs)
+        print(f"{name:14} {cpu:12.3f} {rate:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
