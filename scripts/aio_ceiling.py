@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -49,38 +48,14 @@ from bench import (  # noqa: E402
     h2load,
     h2load_record,
     start_cachegate,
+    start_script,
     table,
-    wait_answering,
 )
 from cachegate.v1 import cache_pb2 as pb  # noqa: E402
-from redisprocs import free_port, start_standalone  # noqa: E402
+from redisprocs import start_standalone  # noqa: E402
 
 KEY = "k7"
 Server = FloorServer | Cachegate
-
-
-def start_script(script: str, workers: int, pin: bool, *extra: str) -> FloorServer:
-    """`workers` processes of scripts/`script` on one shared port, pinned one per CPU
-    when `pin`."""
-    port = free_port()
-    cpus = sorted(os.sched_getaffinity(0))
-    server = FloorServer([], port)
-    for worker in range(workers):
-        command = [sys.executable, str(ROOT / "scripts" / script), "--port", str(port), *extra]
-        if pin:
-            command += ["--cpu", str(cpus[worker % len(cpus)])]
-        server.processes.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
-    try:
-        wait_answering(
-            server.target,
-            "Get",
-            pb.GetRequest(key=KEY).SerializeToString(),
-            alive=lambda: all(process.poll() is None for process in server.processes),
-        )
-    except RuntimeError:
-        server.stop()
-        raise RuntimeError(f"{script} did not start") from None
-    return server
 
 
 def check_answer(server: Server) -> None:
@@ -149,14 +124,18 @@ def main() -> int:
                 (
                     "grpcio-floor",
                     None,
-                    lambda: start_script("grpc_floor.py", args.workers, args.pin),
+                    lambda: start_script("grpc_floor.py", args.workers, pin=args.pin),
                 ),
-                ("aio-floor", None, lambda: start_script("aio_floor.py", args.workers, args.pin)),
+                (
+                    "aio-floor",
+                    None,
+                    lambda: start_script("aio_floor.py", args.workers, pin=args.pin),
+                ),
                 (
                     "aio-redis",
                     counter,
                     lambda: start_script(
-                        "aio_floor.py", args.workers, args.pin, "--redis-port", str(port)
+                        "aio_floor.py", args.workers, "--redis-port", str(port), pin=args.pin
                     ),
                 ),
                 (

@@ -355,12 +355,19 @@ class FloorServer:
 
 
 def start_floor(workers: int) -> FloorServer:
+    return start_script("grpc_floor.py", workers, pin=True)
+
+
+def start_script(script: str, workers: int, *extra: str, pin: bool) -> FloorServer:
+    """`workers` processes of scripts/`script` (with `extra` arguments) sharing one port,
+    pinned one per CPU when `pin`; once they answer a Get."""
     port = free_port()
     cpus = sorted(os.sched_getaffinity(0))
     server = FloorServer([], port)
     for worker in range(workers):
-        command = [sys.executable, str(ROOT / "scripts" / "grpc_floor.py"), "--port", str(port)]
-        command += ["--cpu", str(cpus[worker % len(cpus)])]
+        command = [sys.executable, str(ROOT / "scripts" / script), "--port", str(port), *extra]
+        if pin:
+            command += ["--cpu", str(cpus[worker % len(cpus)])]
         server.processes.append(subprocess.Popen(command, stderr=subprocess.DEVNULL))
     try:
         wait_answering(
@@ -371,7 +378,7 @@ def start_floor(workers: int) -> FloorServer:
         )
     except RuntimeError:
         server.stop()
-        raise RuntimeError("grpc_floor.py did not start") from None
+        raise RuntimeError(f"{script} did not start") from None
     return server
 
 
