@@ -24,6 +24,7 @@ from cachegate.rpc._sendwatch import SendWatch
 from cachegate.rpc._stale import StaleReads
 from cachegate.rpc._status import (
     InvalidArgumentError,
+    Rejection,
     ShuttingDownError,
     TooBusyError,
     abort,
@@ -41,6 +42,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 _VALUE, _NOT_FOUND = pb.OUTCOME_VALUE, pb.OUTCOME_NOT_FOUND
+
+# Less time than this left on a call's deadline once a batch has run: its reply could
+# not reach the caller in time.
+_NO_TIME_LEFT_S = 0.001
+_DEADLINE_PASSED = Rejection(
+    grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed while its batch ran"
+)
 
 
 def _unary(
@@ -214,6 +222,12 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                     abort(context, rejection_for(exc, "Pipeline"))
                 finally:
                     self._budget.release(held)
+                if context.time_remaining() < _NO_TIME_LEFT_S:
+                    # The caller has stopped waiting: the stream ends DEADLINE_EXCEEDED,
+                    # as a unary call would, rather than with a reply of per-operation
+                    # errors that might still reach the caller before its own timer fires.
+                    self._budget.release(kept)
+                    abort(context, _DEADLINE_PASSED)
                 if tenant is not None:
                     self._count_batch(tenant.tenant, reply)
                 sending = self._sends.arm(context)
