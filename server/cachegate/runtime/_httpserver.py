@@ -13,8 +13,9 @@ library only) bounds all three:
   or 431 and is closed;
 - at most `max_connections` connections are held at once; one more closes the one
   that has waited longest for its request head (an idle attacker's connections are
-  cycled out, a scraper that sends its request at once gets in), or, when every
-  held connection has a request being answered, gets 503 itself;
+  cycled out, a scraper that sends its request at once gets in, even when its head
+  arrived but was not read yet), or, when every held connection has a request being
+  answered, gets 503 itself;
 - `HANDLER_THREADS` fixed threads run the WSGI app (one may wait on Redis for
   /health/redis while the other serves /metrics) and write the reply, blocking, with
   `read_timeout` for the whole write;
@@ -182,14 +183,30 @@ class BoundedHttpServer:
             sock.setblocking(False)
             with self._lock:
                 held = len(self._reading) + self._answering
-            if held >= self._max_connections:
-                if not self._reading:  # every held connection is being answered
-                    self._reply_and_close(sock, _BUSY)
-                    continue
-                self._close(next(iter(self._reading.values())))  # the longest waiting
+            if held >= self._max_connections and not self._make_room():
+                self._reply_and_close(sock, _BUSY)  # every held connection is being answered
+                continue
             conn = _Connection(sock, str(address[0]), self._clock() + self._read_timeout)
             self._reading[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ)
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for its request head; False
+        when none is waiting (every held connection has a request being answered).
+
+        Its head may have arrived unread (a scraper that connected just before a burst
+        of connects, accepted in the same turn): it is read first, and a connection
+        whose head is complete is answered, not closed; the next longest waiting is.
+        """
+        while self._reading:
+            oldest = next(iter(self._reading.values()))
+            self._read(oldest)
+            if oldest.sock in self._reading:  # nothing, or part of a head: it goes
+                self._close(oldest)
+                return True
+            if oldest.sock.fileno() < 0:  # it had hung up: closed, which made room
+                return True
+        return False
 
     def _read(self, conn: _Connection) -> None:
         try:
