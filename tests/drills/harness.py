@@ -309,7 +309,7 @@ def breaker_delta(before: pb.StatsResponse, after: pb.StatsResponse) -> str:
     return f"opened={opened} transitions={moved}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FaultEnd:
     """What a fault drill reads once its fault is over: the load's records and their
     summary, the acknowledged writes the gateway no longer returns, and the breaker's

@@ -205,10 +205,10 @@ def too_many_operations(data: bytes, limit: int) -> str | None:
     # holds limit + 1 operations of a few bytes, so a batch of many small operations
     # starts its walk without a count of the rest.
     tags = 0
-    first = 4 * (limit + 1)
-    for start in itertools.chain((0,), range(first, len(data), _COUNT_SLICE)):
-        stop = first if start == 0 else start + _COUNT_SLICE
+    start, stop = 0, 4 * (limit + 1)
+    while start < len(data):
         tags += data.count(_OPERATION_TAG, start, stop) + data.count(_LONG_TAG, start, stop)
+        start, stop = stop, stop + _COUNT_SLICE
         if tags > limit:
             most_fields = limit + SPARE_FIELDS
             operations, fields = _count_fields(data, limit, most_fields)
