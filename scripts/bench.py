@@ -2,13 +2,13 @@
 
 Prints a table and writes JSON: "records", one per measurement (name, concurrency,
 batch, ops_per_s, p50_ms, p99_ms, server_cpu_us_per_op, redis_round_trips_per_op,
-redis_commands_per_op), and
+redis_commands_per_op, redis_cpu_us_per_op), and
 "ratios", issue 15's targets as ratios of figures of this same run (scripts/bench_ratios.py;
 scripts/bench_compare.py sets two runs' ratios side by side). Server CPU comes from
 /proc/<pid>/stat of every server process (supervisor and workers): on a noisy
 2-core machine it is the figure that holds, where throughput moves with whatever
-else runs. Redis round trips and commands per operation come from Redis's INFO stats
-(see RedisCounts).
+else runs. Redis round trips and commands per operation, and the CPU its command
+thread spent per operation, come from Redis's INFO (see RedisCounts).
 
 The `pool` part (scripts/bench_pool.py) is the in-process pool of the guide's API under
 32 threads on 10 connections, beside redis-py's BlockingConnectionPool.
@@ -75,6 +75,7 @@ class Record:
     note: str = ""
     redis_round_trips_per_op: float | None = None
     redis_commands_per_op: float | None = None
+    redis_cpu_us_per_op: float | None = None
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -95,23 +96,31 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RedisCounts:
-    """Redis's own counters (INFO stats), read before and after a load run.
+    """Redis's own counters (INFO stats and cpu), read before and after a load run.
 
     Round trips are `total_reads_processed`: one per read of a client's socket, so a
     pipeline or an MGET of many keys is one, and a new connection's handshake counts.
     Commands are `total_commands_processed`, which also counts each command a Lua script
-    runs (the bounded read's length-first script). `round_trips` is None on a Redis older
-    than the counter.
+    runs (the bounded read's length-first script). `main_thread_cpu` is the CPU time, in
+    seconds, of the one thread that runs every command: 1 / its time per operation is
+    the most operations per second Redis could serve that load, however fast its
+    client (Redis's ceiling). Each is None on a Redis older than its counter.
     """
 
     round_trips: int | None
     commands: int
+    main_thread_cpu: float | None = None
 
     @classmethod
     def read(cls, client: redis.Redis) -> RedisCounts:
-        stats: dict[str, Any] = client.info("stats")
-        reads = stats.get("total_reads_processed")
-        return cls(None if reads is None else int(reads), int(stats["total_commands_processed"]))
+        info: dict[str, Any] = client.info("stats", "cpu")
+        reads = info.get("total_reads_processed")
+        user, system = info.get("used_cpu_user_main_thread"), info.get("used_cpu_sys_main_thread")
+        return cls(
+            None if reads is None else int(reads),
+            int(info["total_commands_processed"]),
+            None if user is None or system is None else float(user) + float(system),
+        )
 
     def per_op(self, later: RedisCounts, ops: int) -> tuple[float | None, float]:
         """(round trips, commands) per operation from here to `later`.
@@ -123,6 +132,13 @@ class RedisCounts:
         if self.round_trips is None or later.round_trips is None:
             return None, commands
         return (later.round_trips - self.round_trips - 1) / ops, commands
+
+    def cpu_us_per_op(self, later: RedisCounts, ops: int) -> float | None:
+        """Redis's main-thread CPU per operation from here to `later`, in microseconds
+        (the INFO calls' own share is a few microseconds over a run of seconds)."""
+        if self.main_thread_cpu is None or later.main_thread_cpu is None:
+            return None
+        return (later.main_thread_cpu - self.main_thread_cpu) / ops * 1e6
 
 
 def children(pid: int) -> list[int]:
@@ -191,6 +207,7 @@ def redis_py_pipelines(url: str, batch: int, seconds: float) -> Record:
     client = redis.Redis.from_url(url)
     keys = [f"k{i % KEYS}" for i in range(batch)]
     latencies = []
+    redis_before = RedisCounts.read(client)
     stop = time.monotonic() + seconds
     began = time.monotonic()
     while time.monotonic() < stop:
@@ -203,10 +220,12 @@ def redis_py_pipelines(url: str, batch: int, seconds: float) -> Record:
         if values != [VALUE] * batch:
             raise AssertionError("wrong values from a redis-py pipeline")
     elapsed = time.monotonic() - began
+    ops = len(latencies) * batch
     return Record(
-        "redis-py", 1, batch, len(latencies) * batch / elapsed,
+        "redis-py", 1, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, None,
         "GET pipeline",
+        redis_cpu_us_per_op=redis_before.cpu_us_per_op(RedisCounts.read(client), ops),
     )  # fmt: skip
 
 
@@ -446,6 +465,7 @@ def unary(
             run = h2load_record(name, concurrency, rate, latencies, cpu, note)
             round_trips, commands = redis_before.per_op(redis_after, len(latencies))
             run.redis_round_trips_per_op, run.redis_commands_per_op = round_trips, commands
+            run.redis_cpu_us_per_op = redis_before.cpu_us_per_op(redis_after, len(latencies))
             runs.append(run)
         records.append(median_run(runs))
     return records
@@ -582,13 +602,14 @@ def pipeline(
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(server.pids()) - cpu_before
     ops = sum(n for n, _ in collected)
-    round_trips, commands = redis_before.per_op(RedisCounts.read(redis_client), ops)
+    redis_after = RedisCounts.read(redis_client)
+    round_trips, commands = redis_before.per_op(redis_after, ops)
     latencies = [x for _, lat in collected for x in lat]
     return Record(
         "cachegate-pipeline", processes * streams, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
         cpu / ops * 1e6, f"{server.workers} worker(s), {window} batches in flight per stream",
-        round_trips, commands,
+        round_trips, commands, redis_before.cpu_us_per_op(redis_after, ops),
     )  # fmt: skip
 
 
@@ -613,16 +634,18 @@ def pool_records(url: str, seconds: float) -> list[Record]:
 
 def table(records: Sequence[Record]) -> str:
     head = f"{'name':24} {'conc':>5} {'batch':>5} {'ops/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-    head += f"{'cpu us/op':>9} {'rt/op':>6} {'cmd/op':>6}  note"
+    head += f"{'cpu us/op':>9} {'rt/op':>6} {'cmd/op':>6} {'redis us/op':>11}  note"
     lines = [head, "-" * len(head)]
     for r in records:
         cpu = f"{r.server_cpu_us_per_op:9.2f}" if r.server_cpu_us_per_op is not None else " " * 9
         round_trips, commands = r.redis_round_trips_per_op, r.redis_commands_per_op
         rt = f"{round_trips:6.3f}" if round_trips is not None else " " * 6
         cmd = f"{commands:6.3f}" if commands is not None else " " * 6
+        at_redis = r.redis_cpu_us_per_op
+        redis_cpu = f"{at_redis:11.3f}" if at_redis is not None else " " * 11
         lines.append(
             f"{r.name:24} {r.concurrency:5} {r.batch:5} {r.ops_per_s:11,.0f} {r.p50_ms:8.3f} "
-            f"{r.p99_ms:8.3f} {cpu} {rt} {cmd}  {r.note}"
+            f"{r.p99_ms:8.3f} {cpu} {rt} {cmd} {redis_cpu}  {r.note}"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,8 @@ class Measured(Protocol):
     def server_cpu_us_per_op(self) -> float | None: ...
     @property
     def redis_round_trips_per_op(self) -> float | None: ...
+    @property
+    def redis_cpu_us_per_op(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,13 @@ def _p99(record: Measured) -> float | None:
 
 def _round_trips(record: Measured) -> float | None:
     return record.redis_round_trips_per_op
+
+
+def _redis_ceiling(record: Measured) -> float | None:
+    """Operations per second Redis's one command thread could serve of this load at
+    most: 1 / its CPU per operation, whatever sends it."""
+    at_redis = record.redis_cpu_us_per_op
+    return 1e6 / at_redis if at_redis else None
 
 
 class _Run:
@@ -227,6 +236,28 @@ def compute_ratios(records: Sequence[Measured]) -> list[Ratio]:
             None,
         ),
     ]
+    # Redis's own ceiling for the Pipeline load as sent (the bounded read, issue 12):
+    # where it is below a target, no gateway can meet that target on this host.
+    for batch, target in ((100, 3.5), (1000, 11.0)):
+        ceiling = run.pipeline(batch, _redis_ceiling, "1e6 / Redis command-thread CPU us per op")
+        rows.append(
+            _row(
+                f"Redis's ceiling at Pipeline b={batch} / redis-py pipelines of 100",
+                ceiling,
+                redis_py_100,
+                AT_LEAST,
+                target,
+            )
+        )
+        rows.append(
+            _row(
+                f"Pipeline b={batch} ops/s / Redis's ceiling for it",
+                run.pipeline(batch, _ops, "ops/s"),
+                ceiling,
+                RECORDED,
+                None,
+            )
+        )
     for batch in run.pipeline_batches() or [10, 100, 1000]:
         rows.append(
             _row(
@@ -248,13 +279,13 @@ def _number(value: float | None) -> str:
 
 def ratio_table(rows: Sequence[Ratio]) -> str:
     """The rows as `make bench` prints them last; the figures' labels are in the JSON."""
-    head = f"{'ratio':56} {'value':>9} {'target':>9}  verdict       from"
+    head = f"{'ratio':64} {'value':>9} {'target':>9}  verdict       from"
     lines = [head, "-" * len(head)]
     for row in rows:
         target = f"{row.op} {row.target:g}" if row.target is not None else row.op
         figures = [_number(f.value) for f in (row.numerator, row.denominator) if f is not None]
         source = " / ".join(figures) if row.value is not None else ""
         lines.append(
-            f"{row.name:56} {_number(row.value):>9} {target:>9}  {row.verdict:12}  {source}"
+            f"{row.name:64} {_number(row.value):>9} {target:>9}  {row.verdict:12}  {source}"
         )
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class Row:
     p99_ms: float = 5.0
     server_cpu_us_per_op: float | None = None
     redis_round_trips_per_op: float | None = None
+    redis_cpu_us_per_op: float | None = None
 
 
 # Issue 15's run: every ratio misses its target.
@@ -97,11 +98,13 @@ def test_the_targets_are_met_at_their_bounds_and_beyond() -> None:
         Row("cachegate-unary-get", 64, 1, 9_000.0, p99_ms=10.0, server_cpu_us_per_op=110.0,
             redis_round_trips_per_op=0.25),
         Row("grpcio-floor-get", 64, 1, 10_000.0, server_cpu_us_per_op=100.0),
-        Row("cachegate-pipeline", 4, 100, 350_000.0, server_cpu_us_per_op=0.9),
-        Row("cachegate-pipeline", 4, 1000, 1_200_000.0, server_cpu_us_per_op=0.3),
+        Row("cachegate-pipeline", 4, 100, 350_000.0, server_cpu_us_per_op=0.9,
+            redis_cpu_us_per_op=1 / 0.35),  # Redis could serve 350,000 a second: 3.5x
+        Row("cachegate-pipeline", 4, 1000, 1_200_000.0, server_cpu_us_per_op=0.3,
+            redis_cpu_us_per_op=0.5),
     ]  # fmt: skip
     targeted = [row for row in compute_ratios(good) if row.target is not None]
-    assert len(targeted) == 7
+    assert len(targeted) == 9
     assert all(row.met for row in targeted), [r.name for r in targeted if not r.met]
 
 
@@ -121,6 +124,31 @@ def test_a_figure_not_measured_in_the_run_is_said_so_not_guessed() -> None:
               for r in ISSUE_15]  # fmt: skip
     cpu = by_name(compute_ratios(no_cpu))["unary Get CPU per call / grpcio floor's (c=64)"]
     assert (cpu.value, cpu.met, cpu.denominator) == (None, None, None)
+
+
+def test_redis_s_own_ceiling_says_whether_a_pipeline_target_is_within_reach() -> None:
+    # 2026-12-01's run: the bounded read costs Redis's command thread 0.677 us per key at
+    # batch 1000, so it serves at most 1.48M keys/s: 7.9x redis-py's pipelines, not 11x.
+    run = [
+        replace(r, redis_cpu_us_per_op={100: 0.974, 1000: 0.677}[r.batch])
+        if r.name == "cachegate-pipeline" and r.batch in (100, 1000) else r
+        for r in ISSUE_15
+    ]  # fmt: skip
+    rows = by_name(compute_ratios(run))
+    b1000 = rows["Redis's ceiling at Pipeline b=1000 / redis-py pipelines of 100"]
+    assert b1000.value == pytest.approx(1e6 / 0.677 / 180_079)
+    assert (b1000.target, b1000.met) == (11.0, False)
+    assert b1000.numerator is not None
+    assert "cachegate-pipeline c=4 batch=1000" in b1000.numerator.label
+    b100 = rows["Redis's ceiling at Pipeline b=100 / redis-py pipelines of 100"]
+    assert b100.value == pytest.approx(1e6 / 0.974 / 180_079)
+    assert (b100.target, b100.met) == (3.5, True)
+    reached = rows["Pipeline b=1000 ops/s / Redis's ceiling for it"]
+    assert reached.value == pytest.approx(1_330_374 * 0.677 / 1e6)
+    assert reached.verdict == "recorded"
+    # a run that did not read Redis's CPU (an older Redis) has no ceiling
+    unread = by_name(compute_ratios(ISSUE_15))
+    assert unread["Redis's ceiling at Pipeline b=1000 / redis-py pipelines of 100"].met is None
 
 
 def test_the_c1_p50_and_the_fast_paths_are_recorded_without_a_target() -> None:
