@@ -1,6 +1,6 @@
 """How near grpcio's floor a unary Get could come without the thread pool (issue 15).
 
-Four servers answer the same h2load load (Get of one 32-byte value, c=64 by default),
+Six servers answer the same h2load load (Get of one 32-byte value, c=64 by default),
 one after another in each round, with one process per CPU, pinned and sharing the
 port, as `make bench` runs them:
 
@@ -9,6 +9,9 @@ port, as `make bench` runs them:
 - `aio-floor`: scripts/aio_floor.py, grpcio's asyncio server with the same constant reply;
 - `aio-redis`: scripts/aio_floor.py reading each key from Redis over one asyncio
   connection per process (the GETs of one event-loop turn share a round trip);
+- `floor-redis`, `floor-redis-2t`: scripts/grpc_floor.py reading each key from Redis on
+  a connection of each handler thread's own (8 threads, as the floor; then 2): the
+  leanest thread-pool Get on Redis there is;
 - `cachegate`: cachegate-server on the same Redis.
 
 Each round prints its records and each server's CPU per call and calls/s as ratios to
@@ -35,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # redisprocs: real redis-server processes
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import grpc  # noqa: E402
 import redis  # noqa: E402
 
 from bench import (  # noqa: E402
@@ -44,6 +46,7 @@ from bench import (  # noqa: E402
     FloorServer,
     Record,
     RedisCounts,
+    check_value,
     grpc_body,
     h2load,
     h2load_record,
@@ -58,19 +61,6 @@ KEY = "k7"
 Server = FloorServer | Cachegate
 
 
-def check_answer(server: Server) -> None:
-    """Get must return the stored value (h2load counts any gRPC status as a success)."""
-    with grpc.insecure_channel(server.target) as channel:
-        get = channel.unary_unary(
-            "/cachegate.v1.CacheService/Get",
-            request_serializer=pb.GetRequest.SerializeToString,
-            response_deserializer=pb.GetResponse.FromString,
-        )
-        reply = get(pb.GetRequest(key=KEY), timeout=10)
-    if not reply.found or reply.value != VALUE:
-        raise AssertionError(f"{server.target}: Get answered {reply!r}")
-
-
 def measure(
     name: str,
     server: Server,
@@ -81,13 +71,13 @@ def measure(
 ) -> Record:
     """One h2load run of Gets against `server`, checked before and after."""
     body = grpc_body(pb.GetRequest(key=KEY))
-    check_answer(server)
+    check_value(server.target)
     h2load(server, "Get", body, 8, 2000, folder)  # warm: threads started, connections made
     handled = server.handled() if isinstance(server, Cachegate) else {}
     before = RedisCounts.read(counter) if counter is not None else None
     rate, latencies, cpu = h2load(server, "Get", body, concurrency, requests, folder)
     after = RedisCounts.read(counter) if counter is not None else None
-    check_answer(server)
+    check_value(server.target)
     if isinstance(server, Cachegate):
         ok = server.handled().get(("Get", "OK"), 0) - handled.get(("Get", "OK"), 0)
         if ok < len(latencies):  # the checks after the load count too
@@ -136,6 +126,26 @@ def main() -> int:
                     counter,
                     lambda: start_script(
                         "aio_floor.py", args.workers, "--redis-port", str(port), pin=args.pin
+                    ),
+                ),
+                (
+                    "floor-redis",
+                    counter,
+                    lambda: start_script(
+                        "grpc_floor.py", args.workers, "--redis-port", str(port), pin=args.pin
+                    ),
+                ),
+                (
+                    "floor-redis-2t",
+                    counter,
+                    lambda: start_script(
+                        "grpc_floor.py",
+                        args.workers,
+                        "--redis-port",
+                        str(port),
+                        "--threads",
+                        "2",
+                        pin=args.pin,
                     ),
                 ),
                 (

@@ -499,23 +499,62 @@ def median_run(runs: list[Record]) -> Record:
     return median
 
 
-def floor(folder: Path, workers: int, concurrency: int, requests: int, repeat: int) -> Record:
+def floor(
+    folder: Path,
+    workers: int,
+    concurrency: int,
+    requests: int,
+    repeat: int,
+    redis_client: redis.Redis | None = None,
+) -> Record:
     """grpcio's own floor on this machine: scripts/grpc_floor.py under the same load.
 
     Read cachegate's unary records against it: the distance between the two is
     cachegate's own cost; the floor itself is the framework's and the machine's.
+    With `redis_client`, the floor reads each key from that Redis on a connection of
+    each handler thread's own: the leanest thread-pool Get on Redis, with none of
+    cachegate's guarantees (what a unary Get can reach here without sharing round trips).
     """
-    server = start_floor(workers)
+    if redis_client is None:
+        name, note = "grpcio-floor-get", "bare grpcio, a constant reply (scripts/grpc_floor.py)"
+        server = start_floor(workers)
+    else:
+        port = redis_client.connection_pool.connection_kwargs["port"]
+        name, note = "grpcio-floor-redis-get", "bare grpcio + a GET on each thread's connection"
+        server = start_script("grpc_floor.py", workers, "--redis-port", str(port), pin=True)
     try:
         body = grpc_body(pb.GetRequest(key="k7"))
         runs = []
         for _ in range(repeat):
+            redis_before = RedisCounts.read(redis_client) if redis_client is not None else None
             rate, latencies, cpu = h2load(server, "Get", body, concurrency, requests, folder)
-            note = f"bare grpcio, a constant reply (scripts/grpc_floor.py), {workers} worker(s)"
-            runs.append(h2load_record("grpcio-floor-get", concurrency, rate, latencies, cpu, note))
+            run = h2load_record(
+                name, concurrency, rate, latencies, cpu, f"{note}, {workers} worker(s)"
+            )
+            if redis_client is not None and redis_before is not None:
+                redis_after = RedisCounts.read(redis_client)
+                round_trips, commands = redis_before.per_op(redis_after, len(latencies))
+                run.redis_round_trips_per_op, run.redis_commands_per_op = round_trips, commands
+                run.redis_cpu_us_per_op = redis_before.cpu_us_per_op(redis_after, len(latencies))
+            runs.append(run)
+        if redis_client is not None:
+            check_value(server.target)
         return median_run(runs)
     finally:
         server.stop()
+
+
+def check_value(target: str) -> None:
+    """Get of the loaded key returns its value (h2load counts any gRPC status as a success)."""
+    with grpc.insecure_channel(target) as channel:
+        get = channel.unary_unary(
+            "/cachegate.v1.CacheService/Get",
+            request_serializer=pb.GetRequest.SerializeToString,
+            response_deserializer=pb.GetResponse.FromString,
+        )
+        reply = get(pb.GetRequest(key="k7"), timeout=10)
+    if not reply.found or reply.value != VALUE:
+        raise AssertionError(f"{target}: Get answered {reply!r}")
 
 
 def _pipeline_client(
@@ -711,6 +750,7 @@ def main() -> int:
                 finally:
                     server.stop()
                 records.append(floor(folder, args.workers, 64, args.requests, args.repeat))
+                records.append(floor(folder, args.workers, 64, args.requests, args.repeat, seed))
             if "pipeline" in parts:
                 server = start_cachegate(redis_proc.url, args.pipeline_workers)
                 try:

@@ -84,6 +84,7 @@ UNARY_GET_C64 = ("cachegate-unary-get", 64, 1)
 UNARY_SETEX_C64 = ("cachegate-unary-setex", 64, 1)
 UNARY_GET_C1 = ("cachegate-unary-get", 1, 1)
 FLOOR_C64 = ("grpcio-floor-get", 64, 1)
+LEAN_REDIS_GET_C64 = ("grpcio-floor-redis-get", 64, 1)
 REDIS_PY_PIPELINE_100 = ("redis-py", 1, 100)
 PIPELINE = "cachegate-pipeline"
 
@@ -235,6 +236,25 @@ def compute_ratios(records: Sequence[Measured]) -> list[Ratio]:
             RECORDED,
             None,
         ),
+    ]
+    # The leanest thread-pool Get on Redis (the floor reading each key on its thread's
+    # own connection): where it misses a unary target, no Get that has a round trip of
+    # its own can meet it on this host; the second pair is what cachegate's guarantees cost.
+    lean_cpu = run.figure(LEAN_REDIS_GET_C64, _cpu, "server CPU us per call")
+    lean_rate = run.figure(LEAN_REDIS_GET_C64, _ops, "calls/s")
+    rows += [
+        _row(
+            "lean Redis Get CPU per call / grpcio floor's (c=64)",
+            lean_cpu,
+            floor_cpu,
+            AT_MOST,
+            1.10,
+        ),
+        _row(
+            "lean Redis Get calls/s / grpcio floor's (c=64)", lean_rate, floor_rate, AT_LEAST, 0.90
+        ),
+        _row("unary Get CPU per call / lean Redis Get's (c=64)", get_cpu, lean_cpu, RECORDED, None),
+        _row("unary Get calls/s / lean Redis Get's (c=64)", get_rate, lean_rate, RECORDED, None),
     ]
     # Redis's own ceiling for the Pipeline load as sent (the bounded read, issue 12):
     # where it is below a target, no gateway can meet that target on this host.

@@ -8,6 +8,12 @@ unary figures can go at all, and how much of cachegate's cost is its own.
 
     python scripts/grpc_floor.py --port 50051 --cpu 0      # stops on SIGTERM or --lifetime
 
+With `--redis-port`, each Get reads its key from Redis instead: the leanest thread-pool
+Get there is (issue 15's reference for a lean path), with one redis-py connection per
+handler thread (hiredis parses the reply), no pool checkout, no breaker, no deadline,
+no counters. What it costs over the constant reply is what a Redis round trip costs a
+thread-pool server here, before any of cachegate's guarantees.
+
 It listens on 127.0.0.1 only and stops by itself after --lifetime seconds.
 """
 
@@ -17,10 +23,13 @@ import argparse
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from concurrent import futures
 from types import FrameType
 
 import grpc
+import redis
 
 from cachegate.v1 import cache_pb2 as pb
 
@@ -31,18 +40,40 @@ def get(request: bytes, context: grpc.ServicerContext) -> bytes:
     return REPLY
 
 
+def redis_get(port: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    """A Get handler that reads the key from Redis on its thread's own connection."""
+    local = threading.local()
+
+    def get(request: bytes, context: grpc.ServicerContext) -> bytes:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = redis.Connection(host="127.0.0.1", port=port)
+        conn.send_command("GET", pb.GetRequest.FromString(request).key, check_health=False)
+        value = conn.read_response()
+        if value is None:
+            return pb.GetResponse(found=False).SerializeToString()
+        return pb.GetResponse(found=True, value=value).SerializeToString()
+
+    return get
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cpu", type=int, help="pin to this CPU (as cachegate's workers do)")
     parser.add_argument("--threads", type=int, default=8, help="as CACHEGATE_RPC_THREADS")
     parser.add_argument("--lifetime", type=float, default=900.0, help="seconds, then stop")
+    parser.add_argument("--redis-port", type=int, help="read each key from this Redis")
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     handler = grpc.method_handlers_generic_handler(
         "cachegate.v1.CacheService",
-        {"Get": grpc.unary_unary_rpc_method_handler(get)},  # bytes in, bytes out
+        {  # bytes in, bytes out
+            "Get": grpc.unary_unary_rpc_method_handler(
+                get if args.redis_port is None else redis_get(args.redis_port)
+            )
+        },
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(args.threads),

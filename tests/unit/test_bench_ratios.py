@@ -103,8 +103,9 @@ def test_the_targets_are_met_at_their_bounds_and_beyond() -> None:
         Row("cachegate-pipeline", 4, 1000, 1_200_000.0, server_cpu_us_per_op=0.3,
             redis_cpu_us_per_op=0.5),
     ]  # fmt: skip
+    good.append(Row("grpcio-floor-redis-get", 64, 1, 9_000.0, server_cpu_us_per_op=110.0))
     targeted = [row for row in compute_ratios(good) if row.target is not None]
-    assert len(targeted) == 9
+    assert len(targeted) == 11
     assert all(row.met for row in targeted), [r.name for r in targeted if not r.met]
 
 
@@ -149,6 +150,29 @@ def test_redis_s_own_ceiling_says_whether_a_pipeline_target_is_within_reach() ->
     # a run that did not read Redis's CPU (an older Redis) has no ceiling
     unread = by_name(compute_ratios(ISSUE_15))
     assert unread["Redis's ceiling at Pipeline b=1000 / redis-py pipelines of 100"].met is None
+
+
+def test_the_lean_redis_get_says_whether_the_unary_targets_are_within_reach() -> None:
+    # 2026-12-01: the floor reading each key on its thread's own connection
+    run = [*ISSUE_15, Row("grpcio-floor-redis-get", 64, 1, 9_000.0, server_cpu_us_per_op=180.0)]
+    rows = by_name(compute_ratios(run))
+    cpu = rows["lean Redis Get CPU per call / grpcio floor's (c=64)"]
+    assert cpu.value == pytest.approx(180 / 138)
+    assert (cpu.target, cpu.met) == (1.10, False)
+    rate = rows["lean Redis Get calls/s / grpcio floor's (c=64)"]
+    assert rate.value == pytest.approx(9_000 / 12_514)
+    assert (rate.target, rate.met) == (0.90, False)
+    cost = rows["unary Get CPU per call / lean Redis Get's (c=64)"]
+    assert cost.value == pytest.approx(204 / 180)
+    assert cost.verdict == "recorded"
+    assert rows["unary Get calls/s / lean Redis Get's (c=64)"].value == pytest.approx(7_287 / 9_000)
+    # a run without it (bench.py --only redis) says so
+    assert (
+        by_name(compute_ratios(ISSUE_15))[
+            "lean Redis Get CPU per call / grpcio floor's (c=64)"
+        ].verdict
+        == "not measured"
+    )
 
 
 def test_the_c1_p50_and_the_fast_paths_are_recorded_without_a_target() -> None:
