@@ -170,7 +170,9 @@ def _row(
 
 
 def compute_ratios(records: Sequence[Measured]) -> list[Ratio]:
-    """Every ratio of issue 15 with its target, then issue 12's fast paths to the floor."""
+    """Every ratio of issue 15 with its target; the two references that say whether a
+    target is within reach on this host (the lean Redis Get, Redis's own ceiling); then
+    issue 12's fast paths to the floor."""
     run = _Run(records)
     get_cpu = run.figure(UNARY_GET_C64, _cpu, "server CPU us per call")
     floor_cpu = run.figure(FLOOR_C64, _cpu, "server CPU us per call")
