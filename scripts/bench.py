@@ -611,13 +611,14 @@ def _pipeline_client(
 
 
 def pipeline(
-    server: Cachegate,
+    server: Cachegate | FloorServer,
     redis_client: redis.Redis,
     batch: int,
     seconds: float,
     processes: int,
     streams: int,
     window: int = 4,
+    name: str = "cachegate-pipeline",
 ) -> Record:
     context = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
     results = context.Queue()
@@ -644,12 +645,44 @@ def pipeline(
     redis_after = RedisCounts.read(redis_client)
     round_trips, commands = redis_before.per_op(redis_after, ops)
     latencies = [x for _, lat in collected for x in lat]
+    count = server.workers if isinstance(server, Cachegate) else len(server.processes)
     return Record(
-        "cachegate-pipeline", processes * streams, batch, ops / elapsed,
+        name, processes * streams, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
-        cpu / ops * 1e6, f"{server.workers} worker(s), {window} batches in flight per stream",
+        cpu / ops * 1e6, f"{count} worker(s), {window} batches in flight per stream",
         round_trips, commands, redis_before.cpu_us_per_op(redis_after, ops),
     )  # fmt: skip
+
+
+def pipeline_floors(redis_client: redis.Redis, args: argparse.Namespace) -> list[Record]:
+    """scripts/grpc_floor.py's Pipeline under the same load as cachegate's, one process
+    as cachegate's Pipeline runs: a constant reply (grpcio's cost per stream message),
+    then the bounded read of each batch on Redis (the leanest Pipeline of gets there is).
+    """
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    records = []
+    for name, extra in (
+        ("grpcio-floor-pipeline", ()),
+        ("grpcio-floor-redis-pipeline", ("--redis-port", str(port))),
+    ):
+        floor_server = start_script("grpc_floor.py", args.pipeline_workers, *extra, pin=True)
+        try:
+            for batch in (100, 1000):
+                records.append(
+                    pipeline(
+                        floor_server,
+                        redis_client,
+                        batch,
+                        args.seconds,
+                        args.clients,
+                        args.streams,
+                        args.window,
+                        name,
+                    )
+                )
+        finally:
+            floor_server.stop()
+    return records
 
 
 # --- pool fairness (scripts/bench_pool.py): the in-process pool, many threads --------
@@ -768,6 +801,7 @@ def main() -> int:
                         )
                 finally:
                     server.stop()
+                records += pipeline_floors(seed, args)
             if "pool" in parts:
                 records += pool_records(redis_proc.url, args.seconds)
         finally:

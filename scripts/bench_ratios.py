@@ -87,6 +87,8 @@ FLOOR_C64 = ("grpcio-floor-get", 64, 1)
 LEAN_REDIS_GET_C64 = ("grpcio-floor-redis-get", 64, 1)
 REDIS_PY_PIPELINE_100 = ("redis-py", 1, 100)
 PIPELINE = "cachegate-pipeline"
+STREAM_FLOOR = "grpcio-floor-pipeline"  # the floor's Pipeline: a constant reply per batch
+LEAN_PIPELINE = "grpcio-floor-redis-pipeline"  # the floor's Pipeline: one bounded read
 
 Reader = Callable[[Measured], float | None]
 
@@ -123,7 +125,7 @@ class _Run:
 
     def __init__(self, records: Sequence[Measured]) -> None:
         self._records = {(r.name, r.concurrency, r.batch): r for r in records}
-        self._pipelines = {r.batch: r for r in records if r.name == PIPELINE}
+        self._batches = {(r.name, r.batch): r for r in records}
 
     def figure(
         self, key: tuple[str, int, int], read: Reader, what: str, scale: float = 1.0
@@ -131,11 +133,13 @@ class _Run:
         record = self._records.get(key)
         return _figure(record, read, what, scale)
 
-    def pipeline(self, batch: int, read: Reader, what: str) -> Figure | None:
-        return _figure(self._pipelines.get(batch), read, what, 1.0)
+    def pipeline(
+        self, batch: int, read: Reader, what: str, name: str = PIPELINE, scale: float = 1.0
+    ) -> Figure | None:
+        return _figure(self._batches.get((name, batch)), read, what, scale)
 
     def pipeline_batches(self) -> list[int]:
-        return sorted(self._pipelines)
+        return sorted(batch for name, batch in self._batches if name == PIPELINE)
 
 
 def _figure(record: Measured | None, read: Reader, what: str, scale: float) -> Figure | None:
@@ -170,9 +174,9 @@ def _row(
 
 
 def compute_ratios(records: Sequence[Measured]) -> list[Ratio]:
-    """Every ratio of issue 15 with its target; the two references that say whether a
-    target is within reach on this host (the lean Redis Get, Redis's own ceiling); then
-    issue 12's fast paths to the floor."""
+    """Every ratio of issue 15 with its target; the references that say whether a target
+    is within reach on this host (the lean Redis Get and Pipeline, Redis's own ceiling);
+    then issue 12's fast paths to the floor."""
     run = _Run(records)
     get_cpu = run.figure(UNARY_GET_C64, _cpu, "server CPU us per call")
     floor_cpu = run.figure(FLOOR_C64, _cpu, "server CPU us per call")
@@ -257,6 +261,56 @@ def compute_ratios(records: Sequence[Measured]) -> list[Ratio]:
         ),
         _row("unary Get CPU per call / lean Redis Get's (c=64)", get_cpu, lean_cpu, RECORDED, None),
         _row("unary Get calls/s / lean Redis Get's (c=64)", get_rate, lean_rate, RECORDED, None),
+    ]
+    # The leanest Pipeline of gets on Redis (the floor's stream handler doing one bounded
+    # read per batch): where it misses a Pipeline target, no gateway that reads as issue
+    # 12 requires meets it on this host.
+    lean_100_cpu = run.pipeline(100, _cpu, "server CPU us per op", LEAN_PIPELINE)
+    rows += [
+        _row(
+            "lean Redis Pipeline b=100 ops/s / redis-py pipelines of 100",
+            run.pipeline(100, _ops, "ops/s", LEAN_PIPELINE),
+            redis_py_100,
+            AT_LEAST,
+            3.5,
+        ),
+        _row(
+            "lean Redis Pipeline b=100 CPU per op / (floor CPU per call / 100)",
+            lean_100_cpu,
+            floor_cpu_100th,
+            AT_MOST,
+            1.0,
+        ),
+        _row(
+            "lean Redis Pipeline b=1000 ops/s / redis-py pipelines of 100",
+            run.pipeline(1000, _ops, "ops/s", LEAN_PIPELINE),
+            redis_py_100,
+            AT_LEAST,
+            11.0,
+        ),
+        _row(
+            "Pipeline b=100 CPU per op / lean Redis Pipeline's",
+            run.pipeline(100, _cpu, "server CPU us per op"),
+            lean_100_cpu,
+            RECORDED,
+            None,
+        ),
+        _row(
+            "Pipeline b=1000 ops/s / lean Redis Pipeline's",
+            run.pipeline(1000, _ops, "ops/s"),
+            run.pipeline(1000, _ops, "ops/s", LEAN_PIPELINE),
+            RECORDED,
+            None,
+        ),
+        # grpcio's own cost of one stream message (a constant reply of 100 values)
+        # against one unary call's: the floor under every Pipeline figure.
+        _row(
+            "stream floor CPU per b=100 message / floor CPU per call",
+            run.pipeline(100, _cpu, "server CPU us per op", STREAM_FLOOR, scale=100),
+            floor_cpu,
+            RECORDED,
+            None,
+        ),
     ]
     # Redis's own ceiling for the Pipeline load as sent (the bounded read, issue 12):
     # where it is below a target, no gateway can meet that target on this host.

@@ -14,6 +14,13 @@ handler thread (hiredis parses the reply), no pool checkout, no breaker, no dead
 no counters. What it costs over the constant reply is what a Redis round trip costs a
 thread-pool server here, before any of cachegate's guarantees.
 
+It serves `Pipeline` too, for batches of gets only: each request message is answered
+with one reply message. Without `--redis-port` the reply is a constant (every value
+the bench stores): what grpcio costs per stream message. With it, the keys are read
+with cachegate's own wire parse and its bounded read (the length-first script, one
+EVALSHA per batch, as issue 12 requires at the default limits), with none of the
+rest: the leanest Pipeline of gets on Redis there is.
+
 It listens on 127.0.0.1 only and stops by itself after --lifetime seconds.
 """
 
@@ -24,23 +31,29 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from types import FrameType
 
 import grpc
+import hiredis
 import redis
 
+from cachegate.pool._bounded import BOUNDED_READ_LUA, LUA_COPY_BYTES, script_sizes
+from cachegate.rpc._fastpath import get_only_keys
 from cachegate.v1 import cache_pb2 as pb
 
-REPLY = pb.GetResponse(found=True, value=b"v" * 32).SerializeToString()
+VALUE = b"v" * 32  # what `make bench` stores
+REPLY = pb.GetResponse(found=True, value=VALUE).SerializeToString()
+Handler = Callable[[bytes, grpc.ServicerContext], bytes]
+StreamHandler = Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[bytes]]
 
 
 def get(request: bytes, context: grpc.ServicerContext) -> bytes:
     return REPLY
 
 
-def redis_get(port: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+def redis_get(port: int) -> Handler:
     """A Get handler that reads the key from Redis on its thread's own connection."""
     local = threading.local()
 
@@ -55,6 +68,45 @@ def redis_get(port: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         return pb.GetResponse(found=True, value=value).SerializeToString()
 
     return get
+
+
+def pipeline(port: int | None) -> StreamHandler:
+    """A Pipeline handler for batches of gets: a constant reply, or one bounded read."""
+    local = threading.local()
+    constant: dict[bytes, bytes] = {}  # request -> its reply (the bench sends one per batch)
+
+    def reply_of(values: list[bytes]) -> bytes:
+        outcomes = [pb.OUTCOME_VALUE] * len(values)
+        return pb.PipelineResponse(outcomes=outcomes, values=values).SerializeToString()
+
+    def read(data: bytes) -> bytes:
+        keys = get_only_keys(data, 125)
+        if keys is None:
+            raise ValueError("this floor serves batches of gets of short keys only")
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = redis.Connection(host="127.0.0.1", port=port)
+            conn.send_command("SCRIPT", "LOAD", BOUNDED_READ_LUA)
+            local.sha = conn.read_response()
+        command = ("EVALSHA", local.sha, len(keys), *keys, LUA_COPY_BYTES)
+        conn.send_packed_command([hiredis.pack_command(command)], check_health=False)
+        values, _, are_values = script_sizes(conn.read_response())
+        if not are_values:
+            raise ValueError("the batch's values do not fit the bound")
+        return reply_of(values)
+
+    def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for data in requests:
+            if port is not None:
+                yield read(data)
+                continue
+            reply = constant.get(data)
+            if reply is None:
+                count = len(pb.PipelineRequest.FromString(data).operations)
+                reply = constant.setdefault(data, reply_of([VALUE] * count))
+            yield reply
+
+    return handle
 
 
 def main() -> int:
@@ -72,7 +124,8 @@ def main() -> int:
         {  # bytes in, bytes out
             "Get": grpc.unary_unary_rpc_method_handler(
                 get if args.redis_port is None else redis_get(args.redis_port)
-            )
+            ),
+            "Pipeline": grpc.stream_stream_rpc_method_handler(pipeline(args.redis_port)),
         },
     )
     server = grpc.server(

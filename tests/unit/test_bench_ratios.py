@@ -103,9 +103,13 @@ def test_the_targets_are_met_at_their_bounds_and_beyond() -> None:
         Row("cachegate-pipeline", 4, 1000, 1_200_000.0, server_cpu_us_per_op=0.3,
             redis_cpu_us_per_op=0.5),
     ]  # fmt: skip
-    good.append(Row("grpcio-floor-redis-get", 64, 1, 9_000.0, server_cpu_us_per_op=110.0))
+    good += [
+        Row("grpcio-floor-redis-get", 64, 1, 9_000.0, server_cpu_us_per_op=110.0),
+        Row("grpcio-floor-redis-pipeline", 4, 100, 350_000.0, server_cpu_us_per_op=1.0),
+        Row("grpcio-floor-redis-pipeline", 4, 1000, 1_100_000.0, server_cpu_us_per_op=0.3),
+    ]
     targeted = [row for row in compute_ratios(good) if row.target is not None]
-    assert len(targeted) == 11
+    assert len(targeted) == 14
     assert all(row.met for row in targeted), [r.name for r in targeted if not r.met]
 
 
@@ -173,6 +177,38 @@ def test_the_lean_redis_get_says_whether_the_unary_targets_are_within_reach() ->
         ].verdict
         == "not measured"
     )
+
+
+def test_the_lean_pipeline_says_whether_the_pipeline_targets_are_within_reach() -> None:
+    # 2026-12-01: the floor's stream handler, one bounded read per batch; its constant reply
+    run = [
+        *ISSUE_15,
+        Row("grpcio-floor-redis-pipeline", 4, 100, 388_683.0, server_cpu_us_per_op=1.76),
+        Row("grpcio-floor-redis-pipeline", 4, 1000, 1_084_036.0, server_cpu_us_per_op=0.59),
+        Row("grpcio-floor-pipeline", 4, 100, 538_110.0, server_cpu_us_per_op=0.91),
+    ]
+    rows = by_name(compute_ratios(run))
+    b100 = rows["lean Redis Pipeline b=100 ops/s / redis-py pipelines of 100"]
+    assert b100.value == pytest.approx(388_683 / 180_079)
+    assert (b100.target, b100.met) == (3.5, False)
+    cpu = rows["lean Redis Pipeline b=100 CPU per op / (floor CPU per call / 100)"]
+    assert cpu.value == pytest.approx(1.76 / 1.38)
+    assert (cpu.target, cpu.met) == (1.0, False)
+    b1000 = rows["lean Redis Pipeline b=1000 ops/s / redis-py pipelines of 100"]
+    assert b1000.value == pytest.approx(1_084_036 / 180_079)
+    assert (b1000.target, b1000.met) == (11.0, False)
+    assert rows["Pipeline b=100 CPU per op / lean Redis Pipeline's"].value == pytest.approx(
+        2.08 / 1.76
+    )
+    assert rows["Pipeline b=1000 ops/s / lean Redis Pipeline's"].value == pytest.approx(
+        1_330_374 / 1_084_036
+    )
+    stream = rows["stream floor CPU per b=100 message / floor CPU per call"]
+    assert stream.value == pytest.approx(91 / 138)  # 0.91 us per op x 100 ops per message
+    assert stream.verdict == "recorded"
+    # the floor's records never stand in for cachegate's own
+    alone = by_name(compute_ratios([r for r in run if r.name != "cachegate-pipeline"]))
+    assert alone["Pipeline b=100 ops/s / redis-py pipelines of 100"].verdict == "not measured"
 
 
 def test_the_c1_p50_and_the_fast_paths_are_recorded_without_a_target() -> None:
