@@ -54,6 +54,13 @@ def by_name(rows: list[Ratio]) -> dict[str, Ratio]:
     return {row.name: row for row in rows}
 
 
+def assert_missed(rows: dict[str, Ratio], name: str, value: float, target: float) -> None:
+    """The row has this value and misses this target."""
+    row = rows[name]
+    assert row.value == pytest.approx(value), name
+    assert (row.target, row.met) == (target, False), name
+
+
 def test_issue_15s_run_misses_every_target_with_the_issues_ratios() -> None:
     rows = by_name(compute_ratios(ISSUE_15))
     expected = {
@@ -140,9 +147,9 @@ def test_redis_s_own_ceiling_says_whether_a_pipeline_target_is_within_reach() ->
         for r in ISSUE_15
     ]  # fmt: skip
     rows = by_name(compute_ratios(run))
-    b1000 = rows["Redis's ceiling at Pipeline b=1000 / redis-py pipelines of 100"]
-    assert b1000.value == pytest.approx(1e6 / 0.677 / 180_079)
-    assert (b1000.target, b1000.met) == (11.0, False)
+    ceiling = "Redis's ceiling at Pipeline b=1000 / redis-py pipelines of 100"
+    assert_missed(rows, ceiling, 1e6 / 0.677 / 180_079, 11.0)
+    b1000 = rows[ceiling]
     assert b1000.numerator is not None
     assert "cachegate-pipeline c=4 batch=1000" in b1000.numerator.label
     b100 = rows["Redis's ceiling at Pipeline b=100 / redis-py pipelines of 100"]
@@ -160,12 +167,8 @@ def test_the_lean_redis_get_says_whether_the_unary_targets_are_within_reach() ->
     # 2026-12-01: the floor reading each key on its thread's own connection
     run = [*ISSUE_15, Row("grpcio-floor-redis-get", 64, 1, 9_000.0, server_cpu_us_per_op=180.0)]
     rows = by_name(compute_ratios(run))
-    cpu = rows["lean Redis Get CPU per call / grpcio floor's (c=64)"]
-    assert cpu.value == pytest.approx(180 / 138)
-    assert (cpu.target, cpu.met) == (1.10, False)
-    rate = rows["lean Redis Get calls/s / grpcio floor's (c=64)"]
-    assert rate.value == pytest.approx(9_000 / 12_514)
-    assert (rate.target, rate.met) == (0.90, False)
+    assert_missed(rows, "lean Redis Get CPU per call / grpcio floor's (c=64)", 180 / 138, 1.10)
+    assert_missed(rows, "lean Redis Get calls/s / grpcio floor's (c=64)", 9_000 / 12_514, 0.90)
     cost = rows["unary Get CPU per call / lean Redis Get's (c=64)"]
     assert cost.value == pytest.approx(204 / 180)
     assert cost.verdict == "recorded"
@@ -188,15 +191,10 @@ def test_the_lean_pipeline_says_whether_the_pipeline_targets_are_within_reach() 
         Row("grpcio-floor-pipeline", 4, 100, 538_110.0, server_cpu_us_per_op=0.91),
     ]
     rows = by_name(compute_ratios(run))
-    b100 = rows["lean Redis Pipeline b=100 ops/s / redis-py pipelines of 100"]
-    assert b100.value == pytest.approx(388_683 / 180_079)
-    assert (b100.target, b100.met) == (3.5, False)
-    cpu = rows["lean Redis Pipeline b=100 CPU per op / (floor CPU per call / 100)"]
-    assert cpu.value == pytest.approx(1.76 / 1.38)
-    assert (cpu.target, cpu.met) == (1.0, False)
-    b1000 = rows["lean Redis Pipeline b=1000 ops/s / redis-py pipelines of 100"]
-    assert b1000.value == pytest.approx(1_084_036 / 180_079)
-    assert (b1000.target, b1000.met) == (11.0, False)
+    lean = "lean Redis Pipeline b="
+    assert_missed(rows, f"{lean}100 ops/s / redis-py pipelines of 100", 388_683 / 180_079, 3.5)
+    assert_missed(rows, f"{lean}100 CPU per op / (floor CPU per call / 100)", 1.76 / 1.38, 1.0)
+    assert_missed(rows, f"{lean}1000 ops/s / redis-py pipelines of 100", 1_084_036 / 180_079, 11.0)
     assert rows["Pipeline b=100 CPU per op / lean Redis Pipeline's"].value == pytest.approx(
         2.08 / 1.76
     )
