@@ -85,8 +85,7 @@ def measure(
     record = h2load_record(name, concurrency, rate, latencies, cpu, f"{server.target}")
     if before is not None and after is not None:
         # The check after the load is one Get more than the load's.
-        round_trips, commands = before.per_op(after, len(latencies) + 1)
-        record.redis_round_trips_per_op, record.redis_commands_per_op = round_trips, commands
+        before.fill(record, after, len(latencies) + 1)
     return record
 
 

@@ -140,6 +140,12 @@ class RedisCounts:
             return None
         return (later.main_thread_cpu - self.main_thread_cpu) / ops * 1e6
 
+    def fill(self, record: Record, later: RedisCounts, ops: int) -> None:
+        """`record`'s Redis columns (round trips, commands and CPU per operation) for
+        the `ops` operations from here to `later`."""
+        record.redis_round_trips_per_op, record.redis_commands_per_op = self.per_op(later, ops)
+        record.redis_cpu_us_per_op = self.cpu_us_per_op(later, ops)
+
 
 def children(pid: int) -> list[int]:
     found = []
@@ -463,9 +469,7 @@ def unary(
                 raise AssertionError(f"{method}: {len(latencies)} requests but {ok} answered OK")
             name, note = f"cachegate-unary-{method.lower()}", f"h2load, {server.workers} worker(s)"
             run = h2load_record(name, concurrency, rate, latencies, cpu, note)
-            round_trips, commands = redis_before.per_op(redis_after, len(latencies))
-            run.redis_round_trips_per_op, run.redis_commands_per_op = round_trips, commands
-            run.redis_cpu_us_per_op = redis_before.cpu_us_per_op(redis_after, len(latencies))
+            redis_before.fill(run, redis_after, len(latencies))
             runs.append(run)
         records.append(median_run(runs))
     return records
@@ -532,10 +536,7 @@ def floor(
                 name, concurrency, rate, latencies, cpu, f"{note}, {workers} worker(s)"
             )
             if redis_client is not None and redis_before is not None:
-                redis_after = RedisCounts.read(redis_client)
-                round_trips, commands = redis_before.per_op(redis_after, len(latencies))
-                run.redis_round_trips_per_op, run.redis_commands_per_op = round_trips, commands
-                run.redis_cpu_us_per_op = redis_before.cpu_us_per_op(redis_after, len(latencies))
+                redis_before.fill(run, RedisCounts.read(redis_client), len(latencies))
             runs.append(run)
         if redis_client is not None:
             check_value(server.target)
@@ -642,16 +643,15 @@ def pipeline(
     elapsed = time.monotonic() - started
     cpu = cpu_seconds(server.pids()) - cpu_before
     ops = sum(n for n, _ in collected)
-    redis_after = RedisCounts.read(redis_client)
-    round_trips, commands = redis_before.per_op(redis_after, ops)
     latencies = [x for _, lat in collected for x in lat]
     count = server.workers if isinstance(server, Cachegate) else len(server.processes)
-    return Record(
+    record = Record(
         name, processes * streams, batch, ops / elapsed,
         percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000,
         cpu / ops * 1e6, f"{count} worker(s), {window} batches in flight per stream",
-        round_trips, commands, redis_before.cpu_us_per_op(redis_after, ops),
     )  # fmt: skip
+    redis_before.fill(record, RedisCounts.read(redis_client), ops)
+    return record
 
 
 def pipeline_floors(redis_client: redis.Redis, args: argparse.Namespace) -> list[Record]:
